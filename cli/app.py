@@ -1,0 +1,92 @@
+"""The ``segnext-geo`` Typer app. Each command parses options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segnext_geo.errors import UserError
+
+app = typer.Typer(
+    name="segnext-geo",
+    help="SegNeXt segmentation of huge GeoTIFF scenes into georeferenced rasters and polygons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """SegNeXt segmentation of huge GeoTIFF scenes into georeferenced rasters and polygons."""
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A SegNeXt checkpoint: official, mmseg 1.x, ImageNet MSCAN or own.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Print a checkpoint's family, variant, classes and parameter count.
+
+    Example: segnext-geo info segnext_mscan-t_ade20k.pth
+    """
+    from segnext_geo.models import describe_checkpoint
+
+    d = describe_checkpoint(checkpoint)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"checkpoint : {d['path']}")
+    typer.echo(f"family     : {d['family']}")
+    typer.echo(f"variant    : {d['variant']}")
+    if d["num_classes"] is None:
+        typer.echo("classes    : none (ImageNet backbone; the decoder is initialised when training)")
+    else:
+        names = ", ".join(d["class_names"][:8]) + (", ..." if d["num_classes"] > 8 else "")
+        typer.echo(f"classes    : {d['num_classes']} ({names})")
+    typer.echo(f"parameters : {d['parameters']:,} (backbone {d['backbone_parameters']:,})")
+    typer.echo(f"NMF rank   : {d['nmf_rank']}")
+    typer.echo(f"bands      : {d['bands']}, mean {d['mean']}, std {d['std']}")
+
+
+def _register_commands() -> None:
+    """Import every ``cmd_*`` module of this package; each adds its commands to ``app``."""
+    import importlib
+    import pkgutil
+
+    for mod in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if mod.name.startswith("cmd_"):
+            importlib.import_module(f"{__package__}.{mod.name}")
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:
+        # click usage errors (typer may vendor its own click, so match by shape)
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+            typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

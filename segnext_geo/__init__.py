@@ -1,0 +1,3 @@
+"""segnext-geo: SegNeXt semantic segmentation of large georeferenced rasters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""segnext_geo.raster."""

@@ -1,0 +1,35 @@
+"""Shared test fixtures. Tests make their own data; ../shared is optional."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEGNEXT_GEO_SHARED", ROOT.parent / "shared"))
+FIXTURE = SHARED / "fixtures" / "segnext_tiny"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def reference_fixture() -> Path:
+    """The reference implementation's SegNeXt-T fixture directory (skips when ../shared is absent)."""
+    if not (FIXTURE / "checkpoint.pth").exists():
+        pytest.skip(f"reference fixture not found at {FIXTURE} (../shared is absent)")
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small own-format SegNeXt-T checkpoint with 4 classes and deterministic random weights."""
+    from segnext_geo.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 4, class_names=["background", "building", "road", "water"])
+    path = tmp_path_factory.mktemp("ckpt") / "tiny4.pth"
+    save_checkpoint(model, path)
+    return path
