@@ -89,4 +89,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run through the canonical module, whose ``app`` the cmd_* modules register on
+    from segnext_geo.cli.app import main as _main
+
+    _main()

@@ -82,7 +82,7 @@ class NMF2D(nn.Module):
         if self.init == "reference":
             bases = torch.rand((batch * s, dim, r)).to(device)
             return F.normalize(bases, dim=1)
-        key = (dim, r, str(device))
+        key = (int(dim), r, str(device))  # int(): under tracing dim is a tensor
         cached = self._bases_cache.get(key)
         if cached is None:
             gen = torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,5 @@
+"""``python -m segnext_geo.cli``."""
+
+from .app import main
+
+main()
