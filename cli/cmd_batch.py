@@ -1,0 +1,87 @@
+"""``segnext-geo batch``: whole archives on Dask (a local cluster by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app
+
+
+@app.command()
+def batch(
+    inputs: Annotated[list[str], typer.Argument(help="Scenes: files, directories, glob patterns or .txt lists.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint (loaded once per worker).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Output folder (mirrors input paths).")],
+    fmt: Annotated[str, typer.Option("--format", help="Vector format: gpkg, parquet, fgb or geojson.")] = "gpkg",
+    mask: Annotated[bool, typer.Option("--mask", help="Also keep each class raster (<name>.mask.tif).")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (default: cores / threads).")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="Threads per worker (torch threads).")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPU resource per worker on multi-GPU machines.")] = 0,
+    retries: Annotated[int, typer.Option(help="Retries of a scene whose worker died.")] = 2,
+    merge: Annotated[Path | None, typer.Option(help="Also write all polygons into this one file.")] = None,
+    merge_crs: Annotated[
+        str | None, typer.Option(help="Reproject merged polygons to this CRS (else a layer per CRS).")
+    ] = None,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels (multiple of 32).")] = 1024,
+    overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto spreads workers over GPUs).")] = "auto",
+    bands: Annotated[str | None, typer.Option(help="1-based bands to feed, e.g. 4,3,2.")] = None,
+    blend: Annotated[str, typer.Option(help="hann, taper or none.")] = "hann",
+    tta: Annotated[str, typer.Option(help="none, flip or d4.")] = "none",
+    min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m2).")] = None,
+    simplify: Annotated[str | None, typer.Option(help="Simplify tolerance in metres, or pixels with 'px'.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Predict polygons for every scene of an archive, resumably, on Dask.
+
+    Without --scheduler a local cluster of worker processes starts; each worker loads the model once.
+    DIR/manifest.jsonl records every scene; a rerun skips finished scenes whose input is unchanged and
+    retries failed ones. One bad scene never stops the others; the exit code is 1 if any failed.
+
+    Example: segnext-geo batch /data/archive/ --checkpoint best.ckpt --out-dir results/ --workers 2 --merge all.gpkg
+    """
+    from segnext_geo.batch import run_batch
+
+    vector = {k: v for k, v in {"min_area": min_area, "simplify": simplify}.items() if v is not None}
+    options = {
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "device": device,
+        "blend": blend,
+        "tta": tta,
+        "bands": bands,
+        "vector_options": vector or None,
+    }
+    s = run_batch(
+        inputs,
+        checkpoint,
+        out_dir,
+        fmt=fmt,
+        mask=mask,
+        scheduler=scheduler,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        retries=retries,
+        merge=merge,
+        merge_crs=merge_crs,
+        predict_options=options,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"done {s.done}, skipped {s.skipped}, failed {s.failed} in {s.elapsed_s:.1f} s "
+        f"({s.scenes_per_minute:.1f} scenes/min, {s.pixels / 1e6:.1f} MPix, {s.polygons} polygons)"
+    )
+    typer.echo(f"manifest: {s.manifest}")
+    for path, error in s.failures:
+        typer.echo(f"failed: {path}: {error}", err=True)
+    if s.merged:
+        typer.echo(f"merged into {s.merged}: {s.merge_note}")
+    if s.failed:
+        raise typer.Exit(1)

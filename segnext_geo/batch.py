@@ -1,0 +1,518 @@
+"""Batch processing of scene archives on Dask distributed.
+
+One Dask task per scene runs the same pipeline as ``segnext-geo predict`` (class raster, then
+polygons). A local cluster of worker processes is started by default; ``scheduler=`` connects
+to an existing cluster instead. Each worker process loads the checkpoint once and keeps it.
+
+The output folder holds ``manifest.jsonl``: one JSON row per attempt (input path, size, mtime,
+outputs, status ``done``/``failed``/``skipped`` (done by an earlier run), error, timings, pixel and
+polygon counts). The last row of an input is its state. A rerun skips inputs whose last row is
+``done`` or ``skipped``, whose outputs exist and whose size and mtime are unchanged; failed
+inputs are tried again.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["RASTER_SUFFIXES", "BatchSummary", "SceneJob", "discover_inputs", "read_manifest", "run_batch"]
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc"}
+VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "fgb": ".fgb", "geojson": ".geojson"}
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One input scene and where its outputs go (``rel`` mirrors its path under the output folder)."""
+
+    path: Path
+    rel: Path
+
+    def outputs(self, out_dir: Path, fmt: str, mask: bool) -> dict[str, str]:
+        base = out_dir / self.rel
+        outs = {"vector": str(base.with_name(base.name + VECTOR_SUFFIXES[fmt]))}
+        if mask:
+            outs["mask"] = str(base.with_name(base.name + ".mask.tif"))
+        return outs
+
+
+@dataclass
+class BatchSummary:
+    """Counts and throughput of one batch run."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+    pixels: int = 0
+    polygons: int = 0
+    manifest: Path | None = None
+    merged: Path | None = None
+    merge_note: str = ""
+    dashboard: str | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def scenes_per_minute(self) -> float:
+        return self.done / self.elapsed_s * 60.0 if self.elapsed_s > 0 else 0.0
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def _is_raster(p: Path) -> bool:
+    return p.suffix.lower() in RASTER_SUFFIXES
+
+
+def discover_inputs(inputs: Sequence[str | Path]) -> list[SceneJob]:
+    """Expand files, directories (recursive), glob patterns and list files (one path per line).
+
+    Output names mirror each scene's path relative to the directory or glob root it was found
+    under (a plain file keeps its bare name). Duplicates are dropped.
+
+    Raises:
+        UserError: an input that does not exist, matches nothing, or yields no raster.
+    """
+    jobs: dict[Path, SceneJob] = {}
+
+    def add(path: Path, root: Path | None) -> None:
+        path = path.resolve()
+        rel = path.relative_to(root.resolve()) if root is not None else Path(path.name)
+        jobs.setdefault(path, SceneJob(path, rel.with_suffix("")))
+
+    for item in inputs:
+        s = str(item)
+        p = Path(s)
+        if glob.has_magic(s):
+            matches = sorted(Path(m) for m in glob.glob(s, recursive=True))
+            root = Path(s.split("*")[0].split("?")[0].split("[")[0])
+            root = root if root.is_dir() else root.parent
+            hits = [m for m in matches if m.is_file() and _is_raster(m)]
+            if not hits:
+                raise UserError(f"{s}: the pattern matches no raster file")
+            for m in hits:
+                add(m, root)
+        elif p.is_dir():
+            hits = sorted(m for m in p.rglob("*") if m.is_file() and _is_raster(m))
+            if not hits:
+                raise UserError(f"{p}: the directory holds no raster file ({', '.join(sorted(RASTER_SUFFIXES))})")
+            for m in hits:
+                add(m, p)
+        elif p.is_file() and p.suffix.lower() in {".txt", ".lst", ".list", ".csv"}:
+            lines = [ln.strip() for ln in p.read_text().splitlines()]
+            paths = [
+                Path(ln) if Path(ln).is_absolute() else p.parent / ln for ln in lines if ln and not ln.startswith("#")
+            ]
+            if not paths:
+                raise UserError(f"{p}: the list file names no scene")
+            for q in paths:
+                if not q.exists():
+                    raise UserError(f"{p}: lists {q}, which does not exist")
+                add(q, None)
+        elif p.is_file():
+            add(p, None)
+        else:
+            raise UserError(f"{p}: no such file or directory")
+    return list(jobs.values())
+
+
+# --- manifest ----------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """The last row per input path (rows that cannot be parsed, e.g. a torn last line, are ignored)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "input" in row:
+            rows[row["input"]] = row
+    return rows
+
+
+class _Manifest:
+    """Append-only JSON Lines writer, flushed and fsynced per row (survives a kill)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except OSError:
+        return {"size": None, "mtime": None}
+    return {"size": st.st_size, "mtime": st.st_mtime_ns}
+
+
+def _is_complete(job: SceneJob, row: dict[str, Any] | None) -> bool:
+    if not row or row.get("status") not in ("done", "skipped"):
+        return False
+    fp = _fingerprint(job.path)
+    if row.get("size") != fp["size"] or row.get("mtime") != fp["mtime"]:
+        return False
+    return all(Path(p).exists() for p in (row.get("outputs") or {}).values())
+
+
+# --- the per-scene task (runs on a Dask worker) -------------------------------------------
+
+_MODELS: dict[tuple[str, int, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _worker_device(requested: str) -> str:
+    """``auto`` on a multi-GPU worker -> the GPU matching the worker's index (round robin)."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    n = torch.cuda.device_count()
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+        index = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else abs(hash(name))
+    except (ImportError, ValueError):
+        index = 0
+    return f"cuda:{index % n}"
+
+
+def _cached_model(checkpoint: str, device: str, threads: int) -> Any:
+    """Load ``checkpoint`` once per worker process (keyed on path, mtime and device)."""
+    import torch
+
+    from .models import load_model
+
+    key = (checkpoint, os.stat(checkpoint).st_mtime_ns, device)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            torch.set_num_threads(max(1, threads))
+            model = load_model(checkpoint)
+            _MODELS.clear()
+            _MODELS[key] = model
+        return model
+
+
+def process_scene(
+    scene: str,
+    outputs: dict[str, str],
+    checkpoint: str,
+    predict_options: dict[str, Any],
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
+
+    Returns a manifest row fragment: status, error, timings, pixels, polygons, worker.
+    """
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        from .inference import predict_scene
+
+        opts = dict(predict_options)
+        device = _worker_device(str(opts.pop("device", "auto")))
+        model = _cached_model(checkpoint, device, threads)
+        t_load = time.perf_counter()
+        result = predict_scene(
+            scene,
+            model,
+            outputs["vector"],
+            mask_out=outputs.get("mask"),
+            device=device,
+            overwrite=True,  # the manifest, not the file system, says what is done
+            progress=False,
+            **opts,
+        )
+        row.update(
+            status="done",
+            error=None,
+            pixels=int(result.pixels),
+            polygons=int(result.polygons or 0),
+            warnings=list(result.warnings),
+            load_s=round(t_load - t0, 3),
+        )
+    except Exception as e:  # one bad scene never stops the rest
+        msg = " ".join(str(e).split()) or type(e).__name__
+        for path in outputs.values():  # nothing half-written may look done
+            Path(path).unlink(missing_ok=True)
+        row.update(status="failed", error=f"{type(e).__name__}: {msg}"[:500], pixels=0, polygons=0)
+    row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+def _make_client(scheduler: str | None, workers: int | None, threads_per_worker: int, gpus_per_worker: float) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise UserError(f"--scheduler: cannot connect to {scheduler} ({e})") from None
+    n = workers or max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
+    resources = {"GPU": gpus_per_worker} if gpus_per_worker else None
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=":0",
+        resources=resources,
+        silence_logs=40,
+    )
+    return Client(cluster)
+
+
+def run_batch(
+    inputs: Sequence[str | Path],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str = "gpkg",
+    mask: bool = False,
+    scheduler: str | None = None,
+    client: Any = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    gpus_per_worker: float = 0,
+    retries: int = 2,
+    merge: str | Path | None = None,
+    merge_crs: str | None = None,
+    predict_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Process every scene of ``inputs`` with ``checkpoint`` into ``out_dir``.
+
+    Args:
+        inputs: files, directories, glob patterns or list files (see :func:`discover_inputs`).
+        checkpoint: the model checkpoint (loaded once per worker).
+        out_dir: the output folder; it holds the mirrored outputs and ``manifest.jsonl``.
+        fmt: vector format, ``gpkg`` | ``parquet`` | ``fgb`` | ``geojson``.
+        mask: also keep the class raster (``<name>.mask.tif``).
+        scheduler: address of an existing Dask scheduler (``tcp://host:8786``); else a LocalCluster.
+        client: an existing ``distributed.Client`` (takes precedence over ``scheduler``).
+        workers, threads_per_worker, gpus_per_worker: LocalCluster sizing and worker resources.
+        retries: Dask retries of a task whose worker died.
+        merge: write all polygons into this one file with a ``source`` column.
+        merge_crs: reproject everything to this CRS when merging; else one layer per CRS.
+        predict_options: keyword options of :func:`segnext_geo.inference.predict_scene`.
+        progress: tqdm bar over scenes with throughput.
+    """
+    from tqdm import tqdm
+
+    if fmt not in VECTOR_SUFFIXES:
+        raise UserError(f"--format: {fmt!r} is not one of {', '.join(VECTOR_SUFFIXES)}")
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise UserError(f"--checkpoint: {ckpt}: no such file")
+    from .models.checkpoint import inspect_checkpoint
+
+    inspect_checkpoint(ckpt)  # fail fast on a bad checkpoint, before any cluster starts
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out-dir: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out-dir: {out} is not writable")
+    jobs = discover_inputs(inputs)
+    manifest_path = out / MANIFEST
+    manifest = _Manifest(manifest_path)
+    previous = read_manifest(manifest_path)
+    summary = BatchSummary(manifest=manifest_path)
+    todo: list[SceneJob] = []
+    for job in jobs:
+        row = previous.get(str(job.path))
+        if _is_complete(job, row):
+            summary.skipped += 1
+            assert row is not None
+            manifest.append({**row, "status": "skipped", "finished": time.time(), "elapsed_s": 0.0})
+        else:
+            todo.append(job)
+    t0 = time.perf_counter()
+    opts = dict(predict_options or {})
+    if todo:
+        own_client = client is None
+        client = client or _make_client(scheduler, workers, threads_per_worker, gpus_per_worker)
+        summary.dashboard = getattr(client, "dashboard_link", None)
+        if progress and summary.dashboard:
+            print(f"Dask dashboard: {summary.dashboard}")
+        try:
+            _submit_all(
+                client,
+                todo,
+                out,
+                fmt,
+                mask,
+                str(ckpt.resolve()),
+                opts,
+                threads_per_worker,
+                retries,
+                gpus_per_worker,
+                manifest,
+                summary,
+                progress,
+                tqdm,
+            )
+        finally:
+            if own_client:
+                cluster = getattr(client, "cluster", None)
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    summary.elapsed_s = time.perf_counter() - t0
+    if merge:
+        rows = read_manifest(manifest_path)
+        done = [rows[str(j.path)] for j in jobs if rows.get(str(j.path), {}).get("status") in ("done", "skipped")]
+        summary.merged, summary.merge_note = merge_outputs(
+            [r["outputs"]["vector"] for r in done], [r["input"] for r in done], Path(merge), merge_crs
+        )
+    return summary
+
+
+def _submit_all(
+    client: Any,
+    todo: list[SceneJob],
+    out: Path,
+    fmt: str,
+    mask: bool,
+    ckpt: str,
+    opts: dict[str, Any],
+    threads: int,
+    retries: int,
+    gpus: float,
+    manifest: _Manifest,
+    summary: BatchSummary,
+    progress: bool,
+    tqdm: Any,
+) -> None:
+    from distributed import as_completed
+
+    futures = {}
+    for job in todo:
+        outputs = job.outputs(out, fmt, mask)
+        for p in outputs.values():
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
+        fut = client.submit(
+            process_scene,
+            str(job.path),
+            outputs,
+            ckpt,
+            opts,
+            threads,
+            key=f"scene-{abs(hash((str(job.path), time.time_ns())))}",
+            retries=retries,
+            pure=False,
+            resources={"GPU": gpus} if gpus else None,
+        )
+        futures[fut] = (job, outputs)
+    bar = tqdm(total=len(todo), unit="scene", disable=not progress, desc="scenes")
+    t0 = time.perf_counter()
+    for fut in as_completed(futures):
+        job, outputs = futures[fut]
+        base = {"input": str(job.path), **_fingerprint(job.path), "outputs": outputs, "finished": time.time()}
+        try:
+            row = fut.result()
+        except Exception as e:  # the worker died more than `retries` times, or the task was lost
+            row = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500],
+                "pixels": 0,
+                "polygons": 0,
+            }
+        row = {**base, **row}
+        if row["status"] != "done":
+            row["outputs"] = {}
+            summary.failed += 1
+            summary.failures.append((str(job.path), row["error"]))
+        else:
+            summary.done += 1
+            summary.pixels += row["pixels"]
+            summary.polygons += row["polygons"]
+        manifest.append(row)
+        bar.update(1)
+        rate = summary.done / max(time.perf_counter() - t0, 1e-9) * 60
+        bar.set_postfix(done=summary.done, failed=summary.failed, per_min=f"{rate:.1f}")
+    bar.close()
+
+
+# --- merging -------------------------------------------------------------------------------
+
+
+def merge_outputs(
+    paths: Iterable[str], sources: Iterable[str], merged: Path, merge_crs: str | None
+) -> tuple[Path, str]:
+    """Write every scene's polygons into ``merged`` with a ``source`` column.
+
+    With ``merge_crs`` all layers are reprojected into one layer in that CRS. Without it, scenes
+    that share a CRS share a layer, and each CRS gets its own layer (``polygons_<EPSG>``), because
+    one layer has one CRS; a single CRS gives a single layer named ``polygons``.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    import pyogrio
+
+    from .outputs import atomic_output
+
+    frames = []
+    for path, src in zip(paths, sources, strict=True):
+        df = pyogrio.read_dataframe(path)
+        df["source"] = src
+        frames.append(df)
+    with atomic_output(merged, overwrite=True, option="--merge") as tmp:
+        if not frames:
+            gpd.GeoDataFrame({"source": []}, geometry=[], crs=merge_crs).to_file(tmp, layer="polygons")
+            return merged, "no scene finished; wrote an empty layer"
+        if merge_crs:
+            parts = [f.to_crs(merge_crs) if f.crs is not None else f.set_crs(merge_crs) for f in frames]
+            gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=merge_crs)
+            pyogrio.write_dataframe(gdf, tmp, layer="polygons")
+            note = f"one layer 'polygons' reprojected to {merge_crs}"
+        else:
+            groups: dict[str, list[Any]] = {}
+            for f in frames:
+                groups.setdefault(f.crs.to_string() if f.crs is not None else "none", []).append(f)
+            names = []
+            for crs, parts in groups.items():
+                layer = "polygons" if len(groups) == 1 else "polygons_" + crs.replace(":", "_").replace(" ", "_")
+                gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
+                pyogrio.write_dataframe(gdf, tmp, layer=layer)
+                names.append(layer)
+            note = (
+                "one layer 'polygons' (all scenes share a CRS)"
+                if len(names) == 1
+                else f"{len(names)} layers, one per CRS ({', '.join(names)}); pass --merge-crs to reproject into one"
+            )
+    return merged, note
+
+
+def summary_dict(summary: BatchSummary) -> dict[str, Any]:
+    d = asdict(summary)
+    d["scenes_per_minute"] = summary.scenes_per_minute
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

@@ -1,0 +1,193 @@
+"""Preview pictures: a scene with its polygons (or class raster) in class colours, optionally beside a truth.
+
+The scene is read downsampled with rasterio's ``out_shape`` (which uses overviews when the
+file has them), so a preview of a huge scene costs a few MB. Polygons are drawn with
+matplotlib in the scene's pixel grid after reprojection to the scene CRS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .models.meta import default_palette
+
+__all__ = ["parse_bands", "render_preview"]
+
+
+def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:
+    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based band indexes); ``None`` stays ``None``."""
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option}: {text!r} is not a comma-separated list of band numbers (e.g. 4,3,2)") from None
+    if any(b < 1 for b in bands):
+        raise UserError(f"{option}: {text!r}: band numbers start at 1")
+    return bands
+
+
+def _read_rgb(src: object, bands: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """(H', W', 3) float in [0, 1]: one 1-99 % stretch for all bands (keeps colours), nodata black."""
+    from rasterio.enums import Resampling
+
+    data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.average, masked=True)
+    out = np.zeros((*shape, 3), np.float32)
+    valid = data.astype(np.float32).compressed()
+    lo, hi = np.percentile(valid, [1, 99]) if valid.size else (0.0, 1.0)
+    for i in range(min(3, data.shape[0])):
+        band = data[i].astype(np.float32)
+        out[..., i] = np.clip((band.filled(lo) - lo) / max(hi - lo, 1e-6), 0, 1)
+    if data.shape[0] < 3:
+        out[..., data.shape[0] :] = out[..., :1]
+    mask = np.ma.getmaskarray(data).all(axis=0)
+    out[mask] = 0
+    return out
+
+
+def _class_info(path: Path | None) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and colours from a class raster's tags and colour table, if any."""
+    names: list[str] = []
+    colours = default_palette(256)
+    if path is None:
+        return names, colours
+    import rasterio
+
+    with rasterio.open(path) as src:
+        tag = src.tags().get("class_names")
+        if tag:
+            try:
+                names = list(json.loads(tag))
+            except json.JSONDecodeError:
+                names = []
+        try:
+            cmap = src.colormap(1)
+            colours = [tuple(cmap.get(i, colours[i])[:3]) for i in range(256)]
+        except ValueError:
+            pass
+    return names, colours
+
+
+def _class_image(path: Path, shape: tuple[int, int], colours: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """RGBA (H', W', 4) of a class raster: nearest-neighbour downsample; nodata and class 0 transparent."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        cls = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        nodata = src.nodata
+    lut = np.zeros((256, 4), np.float32)
+    lut[:, :3] = np.asarray(colours[:256], np.float32) / 255
+    lut[:, 3] = 0.55
+    lut[0, 3] = 0
+    if nodata is not None and 0 <= nodata < 256:
+        lut[int(nodata), 3] = 0
+    return lut[cls.astype(np.int64).clip(0, 255)]
+
+
+def render_preview(
+    scene: str | Path,
+    out: str | Path,
+    *,
+    polygons: str | Path | None = None,
+    mask: str | Path | None = None,
+    truth: str | Path | None = None,
+    bands: Sequence[int] | None = None,
+    max_size: int = 1600,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG of ``scene`` with ``polygons`` (outlined and filled by class) or ``mask``.
+
+    Args:
+        scene: the raster that was segmented.
+        out: the PNG to write (atomic; refused if it exists unless ``overwrite``).
+        polygons: a vector file with ``class_id`` (and ``class_name``) columns.
+        mask: a class raster (used when ``polygons`` is not given, and for colours/names).
+        truth: a ground-truth class raster shown in a second panel.
+        bands: 1-based bands to show as RGB (default 1,2,3 or the first band).
+        max_size: the longest side of each panel in pixels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.patches import Patch
+
+    from .outputs import atomic_output
+
+    scene = Path(scene)
+    if not scene.is_file():
+        raise UserError(f"{scene}: no such file")
+    if polygons is None and mask is None:
+        raise UserError("preview: give --polygons or --mask")
+    try:
+        src = rasterio.open(scene)
+    except rasterio.errors.RasterioIOError as e:
+        raise UserError(f"{scene}: not a readable raster ({' '.join(str(e).split())[:120]})") from None
+    with src:
+        scale = max(src.height, src.width) / max_size
+        shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+        bands = list(bands or ([1, 2, 3] if src.count >= 3 else [1]))
+        rgb = _read_rgb(src, bands, shape)
+        transform, crs, (h, w) = src.transform, src.crs, (src.height, src.width)
+    names, colours = _class_info(Path(mask) if mask else (Path(truth) if truth else None))
+    panels = 2 if truth else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 7 * shape[0] / shape[1] + 0.8), squeeze=False)
+    extent = (0, w, h, 0)
+    ax = axes[0, 0]
+    ax.imshow(rgb, extent=extent, interpolation="bilinear")
+    present: set[int] = set()
+    if polygons is not None:
+        import geopandas as gpd
+
+        gdf = gpd.read_file(polygons)
+        if len(gdf):
+            if crs is not None and gdf.crs is not None and gdf.crs != crs:
+                gdf = gdf.to_crs(crs)
+            inv = ~transform
+            gdf = gdf.set_geometry(gdf.geometry.affine_transform([inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]))
+            for cid, part in gdf.groupby("class_id"):
+                colour = np.asarray(colours[int(cid) % 256]) / 255
+                part.plot(ax=ax, facecolor=(*colour, 0.35), edgecolor=colour, linewidth=0.8)
+                present.add(int(cid))
+                if not names and "class_name" in part:
+                    names = [""] * 256
+                if "class_name" in part and len(names) > int(cid):
+                    names[int(cid)] = str(part["class_name"].iloc[0])
+        ax.set_title(f"{scene.name}: {len(gdf)} polygons")
+    else:
+        ax.imshow(_class_image(Path(mask), shape, colours), extent=extent, interpolation="nearest")
+        ax.set_title(f"{scene.name}: predicted classes")
+    if truth:
+        ax2 = axes[0, 1]
+        ax2.imshow(rgb, extent=extent, interpolation="bilinear")
+        ax2.imshow(_class_image(Path(truth), shape, colours), extent=extent, interpolation="nearest")
+        ax2.set_title("ground truth")
+        import rasterio as rio
+
+        with rio.open(truth) as t:
+            present |= {int(v) for v in np.unique(t.read(1, out_shape=shape)) if v not in (0, t.nodata)}
+    for a in axes[0]:
+        a.set_xlim(0, w)
+        a.set_ylim(h, 0)
+        a.set_axis_off()
+    handles = [
+        Patch(facecolor=np.asarray(colours[c]) / 255, label=names[c] if c < len(names) and names[c] else f"class {c}")
+        for c in sorted(present)
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(out)

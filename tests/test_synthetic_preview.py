@@ -1,0 +1,81 @@
+"""The synthetic demo scenes and the preview picture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from segnext_geo.errors import UserError
+from segnext_geo.preview import parse_bands, render_preview
+from segnext_geo.synthetic import DEMO_CLASSES, synthesize, write_scene
+
+
+def test_synthetic_scene_is_deterministic_and_has_every_class() -> None:
+    a, b = synthesize(384, seed=3), synthesize(384, seed=3)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.truth, b.truth)
+    assert not np.array_equal(a.image, synthesize(384, seed=4).image)
+    counts = np.bincount(a.truth.ravel(), minlength=256)
+    assert all(counts[c] > 0 for c in range(len(DEMO_CLASSES)))
+    nodata = a.truth == 255
+    assert 0.01 < nodata.mean() < 0.4  # rotated footprint corners
+    assert (a.image[:, nodata] == 0).all() and (a.image[:, ~nodata] >= 1).all()
+
+
+def test_written_scene_is_georeferenced(tmp_path: Path) -> None:
+    s = synthesize((200, 300), seed=1)
+    write_scene(s, tmp_path / "img.tif", tmp_path / "truth.tif")
+    with rasterio.open(tmp_path / "img.tif") as img, rasterio.open(tmp_path / "truth.tif") as t:
+        assert img.crs.to_epsg() == 32632 and img.res == (0.5, 0.5) and img.nodata == 0
+        assert (img.count, img.height, img.width) == (3, 200, 300)
+        assert t.nodata == 255 and t.transform == img.transform
+        assert np.array_equal(t.read(1), s.truth)
+        assert t.colormap(1)[1][:3] == (230, 25, 75)
+
+
+def test_preview_png_with_mask_and_truth(tmp_path: Path) -> None:
+    s = synthesize(256, seed=2)
+    write_scene(s, tmp_path / "img.tif", tmp_path / "truth.tif")
+    out = render_preview(
+        tmp_path / "img.tif",
+        tmp_path / "p.png",
+        mask=tmp_path / "truth.tif",
+        truth=tmp_path / "truth.tif",
+        max_size=200,
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="already exists"):
+        render_preview(tmp_path / "img.tif", tmp_path / "p.png", mask=tmp_path / "truth.tif")
+
+
+def test_preview_errors() -> None:
+    with pytest.raises(UserError, match="no such file"):
+        render_preview("/nonexistent.tif", "/tmp/x.png", mask="m.tif")
+    assert parse_bands("4,3,2") == [4, 3, 2] and parse_bands(None) is None
+    with pytest.raises(UserError, match="--bands"):
+        parse_bands("a,b")
+    with pytest.raises(UserError, match="start at 1"):
+        parse_bands("0,1,2")
+
+
+def test_preview_cli(tmp_path: Path) -> None:
+    s = synthesize(128, seed=5)
+    write_scene(s, tmp_path / "img.tif", tmp_path / "truth.tif")
+    cmd = [
+        sys.executable,
+        "-m",
+        "segnext_geo.cli",
+        "preview",
+        str(tmp_path / "img.tif"),
+        "--mask",
+        str(tmp_path / "truth.tif"),
+        "--out",
+        str(tmp_path / "cli.png"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cli.png").stat().st_size > 1000
