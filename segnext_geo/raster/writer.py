@@ -1,0 +1,135 @@
+"""Streamed GeoTIFF writing: windowed writes into a tiled scratch file, then a COG with overviews.
+
+GDAL's COG driver cannot take random windowed writes, so :class:`StreamedGeoTIFF` writes
+windows into a tiled, lightly compressed scratch GTiff next to the target, and
+:meth:`StreamedGeoTIFF.finish` copies it with the COG driver (DEFLATE, 512-px blocks, overviews
+after the full-resolution IFD as the COG layout wants) to the path it was given. Memory stays
+bounded by GDAL's block cache, whatever the raster size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+__all__ = ["BLOCK_SIZE", "RasterSpec", "StreamedGeoTIFF", "class_colormap"]
+
+BLOCK_SIZE = 512
+
+
+def class_colormap(palette: Sequence[Sequence[int]], nodata: int = 255) -> dict[int, tuple[int, int, int, int]]:
+    """GDAL colour table ``{value: (r, g, b, a)}`` for classes ``0..K-1``; ``nodata`` transparent."""
+    cmap = {i: (int(c[0]), int(c[1]), int(c[2]), 255) for i, c in enumerate(palette) if i < 255}
+    cmap[nodata] = (0, 0, 0, 0)
+    return cmap
+
+
+@dataclass
+class RasterSpec:
+    """Grid and metadata of an output raster.
+
+    ``count`` uint8 bands of ``height`` x ``width`` pixels on the scene's ``crs`` and
+    ``transform`` (or ``gcps``). ``nodata`` is a value (class rasters) or ``None``; with
+    ``mask=True`` validity goes into an internal per-dataset mask instead (probabilities, where
+    every byte value is meaningful).
+    """
+
+    width: int
+    height: int
+    count: int
+    crs: CRS | None
+    transform: Affine
+    gcps: tuple[GroundControlPoint, ...] = ()
+    gcp_crs: CRS | None = None
+    nodata: int | None = 255
+    mask: bool = False
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    descriptions: Sequence[str] = ()
+    overview_resampling: str = "NEAREST"
+
+
+class StreamedGeoTIFF:
+    """A uint8 raster written window by window, finished as a Cloud Optimized GeoTIFF.
+
+    Usage: ``w = StreamedGeoTIFF(final_tmp, scratch, spec)``; ``w.write(array, window)`` any
+    number of times (from one thread at a time); ``w.finish()`` builds ``final_tmp``; the caller
+    renames it into place. :meth:`close` (also on error) removes the scratch file.
+    """
+
+    def __init__(self, path: Path, scratch: Path, spec: RasterSpec) -> None:
+        self.path = Path(path)
+        self.scratch = Path(scratch)
+        self.spec = spec
+        profile: dict[str, object] = {
+            "driver": "GTiff",
+            "width": spec.width,
+            "height": spec.height,
+            "count": spec.count,
+            "dtype": "uint8",
+            "tiled": True,
+            "blockxsize": BLOCK_SIZE,
+            "blockysize": BLOCK_SIZE,
+            "compress": "zstd",
+            "zstd_level": 1,
+            "bigtiff": "if_safer",
+            "interleave": "pixel" if spec.count > 1 else "band",
+        }
+        if spec.gcps:
+            profile["gcps"] = list(spec.gcps)
+            profile["crs"] = spec.gcp_crs
+        else:
+            profile["crs"] = spec.crs
+            profile["transform"] = spec.transform
+        if spec.nodata is not None:
+            profile["nodata"] = spec.nodata
+        self._ds = rasterio.open(self.scratch, "w", **profile)
+        if spec.colormap:
+            self._ds.write_colormap(1, dict(spec.colormap))
+        if spec.tags:
+            self._ds.update_tags(**dict(spec.tags))
+        for i, d in enumerate(spec.descriptions[: spec.count], start=1):
+            self._ds.set_band_description(i, d)
+
+    def write(self, data: np.ndarray, window: Window, valid: np.ndarray | None = None) -> None:
+        """Write ``data`` ``(count, h, w)`` uint8 at ``window``; ``valid`` ``(h, w)`` bool feeds the mask."""
+        self._ds.write(data, window=window)
+        if self.spec.mask:
+            m = np.full(data.shape[1:], 255, np.uint8) if valid is None else (valid.astype(np.uint8) * 255)
+            self._ds.write_mask(m, window=window)
+
+    def finish(self) -> Path:
+        """Close the scratch file and write the COG to ``path``."""
+        self._ds.close()
+        rasterio.shutil.copy(
+            self.scratch,
+            self.path,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=BLOCK_SIZE,
+            OVERVIEW_RESAMPLING=self.spec.overview_resampling,
+            BIGTIFF="IF_SAFER",
+        )
+        self.scratch.unlink(missing_ok=True)
+        return self.path
+
+    def close(self) -> None:
+        """Release the scratch file (idempotent; safe after :meth:`finish`)."""
+        if not self._ds.closed:
+            self._ds.close()
+        self.scratch.unlink(missing_ok=True)
+
+
+def json_tag(value: object) -> str:
+    """Compact, key-sorted JSON for a GeoTIFF metadata tag (deterministic bytes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
