@@ -1,0 +1,191 @@
+"""Exact merging of polygons cut by block seams: union-find over seam pixels, then a union.
+
+Blocks arrive in row-major order. Each open polygon (one that reaches a seam) gets a global
+id; the seam pixels of a block are compared with those of the blocks above and to the left:
+
+- 4-connectivity: a pixel joins the pixel across the seam when both hold the same class;
+- 8-connectivity: also the two diagonal neighbours across the seam, which covers pixels that
+  touch only at a block corner (the top row of a block is compared with the full bottom row
+  of the block row above, so the corner pixels of the neighbouring blocks are included).
+
+Joined polygons are united in a union-find forest. A group is *closed* once every block that
+could still touch one of its members has been merged (the members' ``required`` indices); its
+members are then united with :func:`shapely.union_all`, which is exact here because all
+coordinates are integers and shared seam edges coincide. Only the open polygons near the
+current block row are held, so memory follows the block size and the polygons still open.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+from .parts import Parts
+from .polygonize import BlockGrid, BlockResult
+
+__all__ = ["SeamStitcher"]
+
+
+@dataclass
+class _Part:
+    geom: object
+    class_id: int
+    pixels: int
+    conf_sum: float
+
+
+class SeamStitcher:
+    """Merges the open polygons of blocks fed in row-major order.
+
+    Args:
+        grid: the block grid.
+        connectivity: 4 or 8, as given to ``shapes``.
+        with_conf: parts carry confidence sums.
+    """
+
+    def __init__(self, grid: BlockGrid, connectivity: int, with_conf: bool) -> None:
+        self.grid = grid
+        self.connectivity = connectivity
+        self.with_conf = with_conf
+        self._parts: dict[int, _Part] = {}
+        self._parent: dict[int, int] = {}
+        self._members: dict[int, list[int]] = {}
+        self._required: dict[int, int] = {}
+        self._heap: list[tuple[int, int]] = []
+        self._next_id = 0
+        self._last = -1
+        self._bottom_prev = np.full(grid.width, -1, np.int64)  # bottom row of block row i-1
+        self._bottom_cur = np.full(grid.width, -1, np.int64)  # bottom row of block row i
+        self._right_prev: NDArray[np.int64] | None = None  # right column of block (i, j-1)
+
+    @property
+    def n_open(self) -> int:
+        """Open polygons currently held."""
+        return len(self._parts)
+
+    # -- union-find --------------------------------------------------------------------------
+    def _find(self, x: int) -> int:
+        parent = self._parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        if len(self._members[ra]) < len(self._members[rb]):
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._members[ra].extend(self._members.pop(rb))
+        req = max(self._required[ra], self._required.pop(rb))
+        self._required[ra] = req
+        heapq.heappush(self._heap, (req, ra))
+
+    def _link(self, here: NDArray[np.int64], there: NDArray[np.int64]) -> None:
+        """Union the polygons of pixel pairs ``here[k]``/``there[k]`` that hold the same class."""
+        ok = (here >= 0) & (there >= 0)
+        if not ok.any():
+            return
+        pairs = np.unique(np.stack([here[ok], there[ok]], axis=1), axis=0)
+        parts = self._parts
+        for a, b in pairs.tolist():
+            if parts[a].class_id == parts[b].class_id:
+                self._union(a, b)
+
+    def _link_lines(self, here: NDArray[np.int64], there: NDArray[np.int64], offset: int) -> None:
+        """Link a block edge ``here`` with the line across the seam (``there[offset + k]`` faces ``here[k]``)."""
+        n = len(here)
+        self._link(here, there[offset : offset + n])
+        if self.connectivity == 8:
+            lo = max(offset - 1, 0)  # diagonal: here[k] with there[offset + k - 1]
+            self._link(here[lo - (offset - 1) :], there[lo : offset - 1 + n])
+            hi = min(offset + 1 + n, len(there))  # diagonal: here[k] with there[offset + k + 1]
+            self._link(here[: hi - offset - 1], there[offset + 1 : hi])
+
+    # -- blocks ------------------------------------------------------------------------------
+    def add(self, res: BlockResult) -> list[Parts]:
+        """Merge one block's open polygons; return the groups this block completed.
+
+        Each returned :class:`Parts` holds one complete polygon (pixel space) with the class,
+        pixel count and confidence sum of all its pieces.
+        """
+        grid = self.grid
+        k = grid.index(res.i, res.j)
+        if k != self._last + 1:
+            raise RuntimeError(f"vectorize: block {k} arrived after block {self._last} (internal error)")
+        self._last = k
+        if res.j == 0 and res.i > 0:
+            self._bottom_prev, self._bottom_cur = self._bottom_cur, self._bottom_prev
+            self._bottom_cur.fill(-1)
+            self._right_prev = None
+
+        n = len(res.open)
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        self._next_id += n
+        conf = res.open.conf_sum
+        for t, gid in enumerate(ids.tolist()):
+            self._parts[gid] = _Part(
+                res.open.geoms[t],
+                int(res.open.class_id[t]),
+                int(res.open.pixels[t]),
+                float(conf[t]) if conf is not None else 0.0,
+            )
+            self._parent[gid] = gid
+            self._members[gid] = [gid]
+            self._required[gid] = int(res.required[t])
+            heapq.heappush(self._heap, (int(res.required[t]), gid))
+
+        def to_global(local: NDArray[np.int64] | None) -> NDArray[np.int64] | None:
+            if local is None:
+                return None
+            return np.where(local >= 0, ids[np.maximum(local, 0)] if n else -1, -1)
+
+        top, bottom, left, right = (to_global(x) for x in (res.top, res.bottom, res.left, res.right))
+        c0 = res.j * grid.size
+        if top is not None:
+            self._link_lines(top, self._bottom_prev, c0)
+        if left is not None and self._right_prev is not None:
+            self._link_lines(left, self._right_prev, 0)
+        if bottom is not None:
+            self._bottom_cur[c0 : c0 + len(bottom)] = bottom
+        self._right_prev = right
+        return self._close(k)
+
+    def _close(self, k: int) -> list[Parts]:
+        closed: list[Parts] = []
+        heap = self._heap
+        while heap and heap[0][0] <= k:
+            req, root = heapq.heappop(heap)
+            if self._parent.get(root) != root or self._required.get(root) != req:
+                continue  # stale entry: merged into another group, or its requirement grew
+            closed.append(self._merge(root))
+        return closed
+
+    def _merge(self, root: int) -> Parts:
+        members = self._members.pop(root)
+        del self._required[root]
+        pieces = [self._parts.pop(m) for m in members]
+        for m in members:
+            del self._parent[m]
+        geom = pieces[0].geom if len(pieces) == 1 else shapely.union_all([p.geom for p in pieces])
+        return Parts(
+            geoms=np.array([geom], dtype=object),
+            class_id=np.array([pieces[0].class_id], np.int32),
+            pixels=np.array([sum(p.pixels for p in pieces)], np.int64),
+            conf_sum=np.array([sum(p.conf_sum for p in pieces)]) if self.with_conf else None,
+        )
+
+    def finish(self) -> list[Parts]:
+        """Close every group still open (none remain once the last block was added)."""
+        closed = self._close(len(self.grid))
+        for root in [r for r, p in self._parent.items() if p == r]:
+            closed.append(self._merge(root))
+        return closed

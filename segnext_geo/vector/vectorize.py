@@ -1,0 +1,291 @@
+"""``vectorize_raster``: a class raster to georeferenced polygons, block by block, seam-free.
+
+Pipeline (see the modules for each step):
+
+1. :mod:`.source` checks the mask (single-band integer), the probabilities and the output;
+2. :mod:`.polygonize` polygonizes each block with ``rasterio.features.shapes`` (in worker
+   processes with ``workers > 1``); complete polygons are post-processed there;
+3. :mod:`.seams` merges polygons cut by seams, exactly, as the blocks arrive in order;
+4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification;
+5. :mod:`.writers` appends features with pyogrio and the output is renamed into place.
+
+The polygons equal those of ``rasterio.features.shapes`` on the whole array (same count per
+class, same point sets), are valid, never overlap, and cover exactly the selected pixels
+(before simplification). Memory follows ``block_size`` and the polygons still open at the
+current block row, not the scene, except that ``fill_holes_below`` holds the polygons smaller
+than its threshold and ``simplify`` holds every polygon until the end (the coverage has to be
+simplified as a whole).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..outputs import atomic_output, check_output
+from .attributes import GeomArray, Meter
+from .parts import Parts
+from .polygonize import BlockGrid, BlockPolygonizer, BlockResult, PolygonizeJob, init_worker, run_block
+from .postprocess import Finisher, parse_tolerance
+from .seams import SeamStitcher
+from .source import class_name_lookup, open_mask, open_probs
+from .writers import FeatureWriter, output_driver
+
+__all__ = ["VectorizeResult", "vectorize_raster"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizeResult:
+    """What :func:`vectorize_raster` wrote.
+
+    Attributes:
+        path: the output file.
+        count: features written.
+        crs: the output CRS (``EPSG:xxxx`` or WKT), ``None`` when the mask has none.
+        elapsed_s: wall time in seconds.
+        warnings: one-line notes for the user (missing CRS, empty output, renamed fields...).
+        layer: the layer name.
+        driver: the OGR driver used.
+        per_class: features written per class name.
+        blocks: blocks processed.
+        dropped_small: polygons removed by ``min_area``.
+        absorbed: polygons removed because they lay in a filled hole.
+        max_open: the most seam-cut polygons held at once (the merge's working set).
+    """
+
+    path: Path
+    count: int
+    crs: str | None
+    elapsed_s: float
+    warnings: list[str] = field(default_factory=list)
+    layer: str = ""
+    driver: str = ""
+    per_class: dict[str, int] = field(default_factory=dict)
+    blocks: int = 0
+    dropped_small: int = 0
+    absorbed: int = 0
+    max_open: int = 0
+
+
+def _check_options(
+    connectivity: int, block_size: int, workers: int, min_area: float | None, fill_holes_below: float | None
+) -> None:
+    if connectivity not in (4, 8):
+        raise UserError(f"--connectivity: must be 4 or 8, got {connectivity}")
+    if block_size < 1:
+        raise UserError(f"--block-size: must be a positive number of pixels, got {block_size}")
+    if workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {workers}")
+    for name, v in (("--min-area", min_area), ("--fill-holes-below", fill_holes_below)):
+        if v is not None and (not np.isfinite(v) or v < 0):
+            raise UserError(f"{name}: must be a non-negative area in m², got {v}")
+
+
+def _blocks(job: PolygonizeJob, workers: int) -> Iterator[BlockResult]:
+    """Block results in row-major order, computed here or in ``workers`` processes."""
+    grid = job.grid
+    order = [(i, j) for i in range(grid.n_rows) for j in range(grid.n_cols)]
+    workers = min(workers, len(order))
+    if workers <= 1:
+        poly = BlockPolygonizer(job)
+        try:
+            for ij in order:
+                yield poly(*ij)
+        finally:
+            poly.close()
+        return
+    # forkserver: safe when the caller has threads (torch, GDAL); preloading only the block
+    # polygonizer keeps workers small (not the caller's __main__, which may import torch)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["segnext_geo.vector.polygonize"])
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(job,))
+    try:
+        todo = iter(order)
+        pending: deque[Future[BlockResult]] = deque(ex.submit(run_block, ij) for ij in islice(todo, 2 * workers))
+        while pending:
+            res = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(ex.submit(run_block, nxt))
+            yield res
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def vectorize_raster(
+    mask: str | Path,
+    out: str | Path,
+    *,
+    probs: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    classes: Sequence[int] | None = None,
+    keep_background: bool = False,
+    min_area: float | None = None,
+    simplify: str | float | None = None,
+    fill_holes_below: float | None = None,
+    connectivity: int = 4,
+    block_size: int = 2048,
+    workers: int = 1,
+    overwrite: bool = False,
+    source: str | None = None,
+    layer: str | None = None,
+    to_wgs84: bool = False,
+    progress: bool = True,
+) -> VectorizeResult:
+    """Polygonize a class raster block by block into a vector file, seam-free.
+
+    Args:
+        mask: single-band integer class GeoTIFF (uint8 with nodata 255, as ``predict`` writes).
+        out: ``.gpkg`` (recommended), ``.parquet`` (GeoParquet, needs pyarrow), ``.fgb``,
+            ``.geojson`` or ``.shp``; written atomically.
+        probs: 1-band confidence or K-band per-class probabilities on the mask's grid (uint8
+            0-255 or float 0-1); adds ``mean_confidence`` (mean over the polygon's pixels).
+        class_names: names of classes ``0..K-1``; default: the mask's ``class_names`` tag (JSON
+            list), else ``class_<id>``.
+        classes: only these class ids (overrides ``keep_background``).
+        keep_background: also emit class 0 (nodata is never emitted).
+        min_area: drop polygons smaller than this many m² (after merging across seams).
+        simplify: coverage-simplification tolerance, metres (``2.5`` or ``"2.5m"``) or pixels
+            (``"1.5px"``); neighbours keep shared edges. Holds all polygons until the end.
+        fill_holes_below: fill holes smaller than this many m²; polygons inside them are dropped.
+        connectivity: 4 (pixels sharing an edge) or 8 (also a corner; geometries are then
+            MultiPolygons, as pixels touching at a corner cannot form a valid Polygon).
+        block_size: block side in pixels; memory grows with its square.
+        workers: processes polygonizing blocks in parallel.
+        overwrite: replace an existing ``out``.
+        source: the ``source`` column (default: the mask path).
+        layer: layer name (default: ``out``'s stem).
+        to_wgs84: write EPSG:4326 lon/lat instead of the mask's CRS.
+        progress: show a tqdm bar over blocks (on stderr).
+
+    Returns:
+        A :class:`VectorizeResult`; ``warnings`` holds notes such as a missing CRS.
+
+    Raises:
+        UserError: bad input or options (one line naming the file or option).
+    """
+    t0 = time.perf_counter()
+    _check_options(connectivity, block_size, workers, min_area, fill_holes_below)
+    out_path = check_output(out, overwrite)
+    driver = output_driver(out_path)
+    m = open_mask(mask)
+    notes: list[str] = list(m.notes)
+    names = list(class_names) if class_names is not None else (list(m.tag_class_names or []) or None)
+    p = open_probs(probs, m, names) if probs is not None else None
+    if m.crs_wkt is None:
+        notes.append(
+            f"{m.path}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
+            "(pixels for an identity transform), not metres"
+        )
+    meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=to_wgs84)
+    notes.extend(f"{m.path}: {n}" for n in meter.notes)
+    tol = parse_tolerance(simplify)
+    simplify_px = None if tol is None else (tol[0] if tol[1] == "px" else tol[0] / meter.pixel_size_m())
+    with_conf = p is not None
+    finisher = Finisher(
+        meter,
+        min_area_m2=min_area or None,
+        fill_holes_m2=fill_holes_below or None,
+        simplify_px=simplify_px,
+        multi=connectivity == 8,
+        with_conf=with_conf,
+    )
+    grid = BlockGrid(m.height, m.width, block_size)
+    job = PolygonizeJob(
+        mask=m,
+        probs=p,
+        grid=grid,
+        classes=tuple(int(c) for c in classes) if classes is not None else None,
+        keep_background=keep_background,
+        connectivity=connectivity,
+        finisher=finisher,
+    )
+    layer_name = layer or out_path.stem
+    units = "metres" if meter.kind != "none" else "raster units (no CRS; pixels for an identity transform)"
+    with atomic_output(out_path, overwrite) as tmp:
+        writer = FeatureWriter(
+            tmp,
+            driver=driver,
+            layer=layer_name,
+            crs_wkt=meter.output_crs_wkt,
+            geometry_type="MultiPolygon" if connectivity == 8 else "Polygon",
+            class_names=class_name_lookup(names),
+            source=str(mask) if source is None else source,
+            with_confidence=with_conf,
+            layer_metadata={"source": str(mask), "connectivity": str(connectivity), "units": units},
+        )
+        try:
+            stats = _run(job, workers, finisher, writer, progress)
+            writer.finish()
+            writer.move_companions(out_path)
+        finally:
+            writer.cleanup()
+    for old, new in writer.renamed.items():
+        notes.append(f"{out_path}: Shapefile field names are limited to 10 characters; {old} is written as {new}")
+    if writer.count == 0:
+        notes.append(
+            f"{out_path}: no polygons (the mask has no pixels of the selected classes"
+            f"{' above --min-area' if min_area else ''}); wrote an empty layer"
+        )
+    for n in notes:
+        log.warning(n)
+    lookup = class_name_lookup(names)
+    return VectorizeResult(
+        path=out_path,
+        count=writer.count,
+        crs=meter.output_crs_wkt and (("EPSG:4326" if to_wgs84 else m.crs_name) or meter.output_crs_wkt),
+        elapsed_s=time.perf_counter() - t0,
+        warnings=notes,
+        layer=layer_name,
+        driver=driver,
+        per_class={lookup.get(c, f"class_{c}"): n for c, n in sorted(writer.per_class.items())},
+        blocks=len(grid),
+        dropped_small=stats["dropped"],
+        absorbed=stats["absorbed"],
+        max_open=stats["max_open"],
+    )
+
+
+def _run(job: PolygonizeJob, workers: int, finisher: Finisher, writer: FeatureWriter, progress: bool) -> dict[str, int]:
+    """Polygonize, merge and write every block; then the deferred polygons."""
+    stitcher = SeamStitcher(job.grid, job.connectivity, finisher.with_conf)
+    deferred: list[Parts] = []
+    holes: list[GeomArray] = []
+    dropped = max_open = 0
+
+    def take(fin: object) -> None:
+        nonlocal dropped
+        writer.write(fin.features)  # type: ignore[attr-defined]
+        deferred.append(fin.deferred)  # type: ignore[attr-defined]
+        holes.append(fin.holes)  # type: ignore[attr-defined]
+        dropped += fin.dropped  # type: ignore[attr-defined]
+
+    with tqdm(total=len(job.grid), desc="vectorize", unit="block", disable=not progress, leave=False) as bar:
+        for res in _blocks(job, workers):
+            take(res.finished)
+            closed = stitcher.add(res)
+            max_open = max(max_open, stitcher.n_open + len(closed))
+            if closed:
+                take(finisher.finish(Parts.concat(closed, finisher.with_conf)))
+            bar.update(1)
+            bar.set_postfix(polygons=writer.count + sum(len(d) for d in deferred), open=stitcher.n_open, refresh=False)
+    leftover = stitcher.finish()
+    if leftover:
+        take(finisher.finish(Parts.concat(leftover, finisher.with_conf)))
+    all_holes = np.concatenate(holes) if holes else np.empty(0, dtype=object)
+    features, absorbed = finisher.finish_deferred(Parts.concat(deferred, finisher.with_conf), all_holes)
+    writer.write(features)
+    return {"dropped": dropped, "absorbed": absorbed, "max_open": max_open}

@@ -1,0 +1,252 @@
+"""Incremental, atomic writing of polygon features with pyogrio; the format follows the extension.
+
+Features are appended in batches to a GeoPackage beside the target (GeoPackage appends are
+cheap and it is the recommended output). For a ``.gpkg`` target that file *is* the temporary
+output; for FlatGeobuf, GeoJSON and Shapefile it is streamed into the target format with
+pyogrio's Arrow interface (no pyarrow needed, constant memory) once all features are in;
+GeoParquet goes through geopandas and needs ``pyarrow``. The caller renames the temporary
+output into place (:func:`segnext_geo.outputs.atomic_output`), so an interrupted run leaves
+nothing at the target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+
+from ..errors import UserError
+from .attributes import FeatureBatch
+
+__all__ = ["DRIVERS", "FeatureWriter", "output_driver", "shapefile_companions"]
+
+#: output extension -> OGR driver (``Parquet`` is written with geopandas + pyarrow)
+DRIVERS: Mapping[str, str] = {
+    ".gpkg": "GPKG",
+    ".parquet": "Parquet",
+    ".geoparquet": "Parquet",
+    ".fgb": "FlatGeobuf",
+    ".geojson": "GeoJSON",
+    ".shp": "ESRI Shapefile",
+}
+
+#: Shapefile field names are limited to 10 characters
+_SHAPEFILE_FIELDS = {"perimeter_m": "perim_m", "mean_confidence": "mean_conf"}
+
+_SHAPEFILE_SUFFIXES = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
+
+
+@contextmanager
+def _sqlite_unsynced() -> Iterator[None]:
+    """Let SQLite skip fsync on each append (the scratch file is temporary; it is synced once at the end).
+
+    Without this every append to a GeoPackage costs ~0.1 s of fsync, whatever its size.
+    """
+    old = pyogrio.get_gdal_config_option("OGR_SQLITE_SYNCHRONOUS")
+    pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF"})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": old})
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def output_driver(path: str | Path, option: str = "--out") -> str:
+    """The OGR driver for ``path``'s extension.
+
+    Raises:
+        UserError: an unknown extension, or ``.parquet`` without pyarrow installed.
+    """
+    suffix = Path(path).suffix.lower()
+    driver = DRIVERS.get(suffix)
+    if driver is None:
+        known = ", ".join(DRIVERS)
+        raise UserError(f"{option}: {path}: unknown output extension {suffix or '(none)'!r}; use one of {known}")
+    if driver == "Parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UserError(f"{option}: {path}: GeoParquet output needs pyarrow (pip install pyarrow); or use .gpkg")
+    return driver
+
+
+def shapefile_companions(path: Path) -> list[Path]:
+    """Every sidecar file a Shapefile ``path`` may have (``.shx``, ``.dbf``, ...), ``.shp`` excluded."""
+    return [path.with_suffix(s) for s in _SHAPEFILE_SUFFIXES[1:]]
+
+
+class FeatureWriter:
+    """Appends :class:`FeatureBatch` es to one layer and finishes it in the target format.
+
+    Args:
+        tmp: the temporary output path (same extension as the target).
+        driver: from :func:`output_driver`.
+        layer: layer name.
+        crs_wkt: the features' CRS, or ``None``.
+        geometry_type: ``"Polygon"`` or ``"MultiPolygon"``.
+        class_names: ``{class_id: name}``; other ids are written as ``class_<id>``.
+        source: the ``source`` column value.
+        with_confidence: write a ``mean_confidence`` column.
+        layer_metadata: key/value metadata for the layer (GeoPackage only).
+        flush_every: buffered features that trigger an append.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        driver: str,
+        layer: str,
+        crs_wkt: str | None,
+        geometry_type: str,
+        class_names: Mapping[int, str],
+        source: str,
+        with_confidence: bool,
+        layer_metadata: Mapping[str, str] | None = None,
+        flush_every: int = 50_000,
+    ) -> None:
+        self.tmp = Path(tmp)
+        self.driver = driver
+        self.layer = layer
+        self.crs_wkt = crs_wkt
+        self.geometry_type = geometry_type
+        self.class_names = dict(class_names)
+        self.source = source
+        self.with_confidence = with_confidence
+        self.layer_metadata = dict(layer_metadata or {})
+        self.flush_every = flush_every
+        self.count = 0
+        self.per_class: dict[int, int] = {}
+        self._buffer: list[FeatureBatch] = []
+        self._buffered = 0
+        self._created = False
+        if driver == "GPKG":
+            self.scratch = self.tmp
+        else:
+            self.scratch = self.tmp.with_name(self.tmp.name.removesuffix(self.tmp.suffix) + ".scratch.gpkg")
+        rename = _SHAPEFILE_FIELDS if driver == "ESRI Shapefile" else {}
+        self.field_names = [
+            rename.get(n, n)
+            for n in ("class_id", "class_name", "area_m2", "perimeter_m", "mean_confidence", "source")
+            if with_confidence or n != "mean_confidence"
+        ]
+        self.renamed = {k: v for k, v in rename.items() if with_confidence or k != "mean_confidence"}
+
+    # -- appending ---------------------------------------------------------------------------
+    def write(self, batch: FeatureBatch | None) -> None:
+        """Queue ``batch`` (``None`` or empty is fine); appends once enough features are queued."""
+        if batch is None or len(batch) == 0:
+            return
+        self._buffer.append(batch)
+        self._buffered += len(batch)
+        self.count += len(batch)
+        ids, counts = np.unique(batch.class_id, return_counts=True)
+        for c, n in zip(ids.tolist(), counts.tolist(), strict=True):
+            self.per_class[c] = self.per_class.get(c, 0) + n
+        if self._buffered >= self.flush_every:
+            self.flush()
+
+    def _name(self, c: int) -> str:
+        return self.class_names.get(c, f"class_{c}")
+
+    def _columns(self, batch: FeatureBatch) -> list[np.ndarray]:
+        lut = {c: self._name(c) for c in np.unique(batch.class_id).tolist()}
+        names = np.array([lut[c] for c in batch.class_id.tolist()], dtype=object)
+        cols: list[np.ndarray] = [batch.class_id, names, batch.area_m2, batch.perimeter_m]
+        if self.with_confidence:
+            assert batch.mean_confidence is not None
+            cols.append(batch.mean_confidence)
+        cols.append(np.full(len(batch), self.source, dtype=object))
+        return cols
+
+    def flush(self) -> None:
+        """Append the queued features to the scratch GeoPackage (creating the layer if needed)."""
+        if self._buffer:
+            batch = FeatureBatch.concat(self._buffer)
+        elif not self._created:  # an empty layer, with its fields
+            empty = np.empty(0)
+            batch = FeatureBatch(np.empty(0, dtype=object), np.empty(0, np.int32), empty, empty, empty)
+        else:
+            return
+        self._buffer, self._buffered = [], 0
+        options: dict[str, object] = {}
+        if not self._created and self.layer_metadata and self.driver == "GPKG":
+            options["layer_metadata"] = self.layer_metadata
+        try:
+            with _sqlite_unsynced(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)  # no CRS: said already
+                pyogrio.raw.write(
+                    self.scratch,
+                    batch.wkb,
+                    self._columns(batch),
+                    self.field_names,
+                    layer=self.layer,
+                    driver="GPKG",
+                    geometry_type=self.geometry_type,
+                    crs=self.crs_wkt,
+                    append=self._created,
+                    **options,
+                )
+        except OSError as e:
+            if getattr(e, "errno", None) == 28:
+                raise UserError(f"--out: {self.tmp.parent}: no space left on the device") from None
+            raise
+        self._created = True
+
+    # -- finishing ---------------------------------------------------------------------------
+    def finish(self) -> Path:
+        """Write everything queued and produce the temporary output in the target format."""
+        self.flush()
+        if self.driver == "GPKG":
+            _fsync(self.tmp)
+            return self.tmp
+        if self.driver == "Parquet":
+            import geopandas
+
+            gdf = geopandas.read_file(self.scratch, layer=self.layer, engine="pyogrio")
+            gdf.to_parquet(self.tmp, index=False)
+        else:
+            with pyogrio.open_arrow(self.scratch, layer=self.layer, use_pyarrow=False, batch_size=65_536) as (
+                meta,
+                reader,
+            ):
+                pyogrio.raw.write_arrow(
+                    reader,
+                    self.tmp,
+                    layer=self.layer,
+                    driver=self.driver,
+                    geometry_name=meta["geometry_name"] or "geometry",
+                    geometry_type=self.geometry_type,
+                    crs=self.crs_wkt,
+                )
+        self.scratch.unlink(missing_ok=True)
+        if self.tmp.is_file():
+            _fsync(self.tmp)
+        return self.tmp
+
+    def cleanup(self) -> None:
+        """Remove the scratch file (and a temporary Shapefile's sidecars); safe to call twice."""
+        if self.scratch != self.tmp:
+            for p in (self.scratch, *(Path(f"{self.scratch}{s}") for s in ("-wal", "-shm", "-journal"))):
+                p.unlink(missing_ok=True)
+        if self.driver == "ESRI Shapefile":
+            for p in shapefile_companions(self.tmp):
+                p.unlink(missing_ok=True)
+
+    def move_companions(self, target: Path) -> None:
+        """Shapefile only: move the temporary sidecars next to ``target`` (before ``.shp`` is renamed)."""
+        if self.driver != "ESRI Shapefile":
+            return
+        for old in shapefile_companions(target):
+            old.unlink(missing_ok=True)
+        for tmp, final in zip(shapefile_companions(self.tmp), shapefile_companions(target), strict=True):
+            if tmp.exists():
+                os.replace(tmp, final)
