@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -98,27 +99,31 @@ def predict(
     logging.getLogger("segnext_geo").addHandler(handler)
     given = {"min_area": min_area, "simplify": simplify, "connectivity": connectivity}
     vector_options = {k: v for k, v in given.items() if v is not None}
-    r = predict_scene(
-        scene,
-        checkpoint,
-        out,
-        probs_out=probs_out,
-        probs_mode=probs_mode.value,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        bands=bands,
-        blend=blend.value,
-        tta=tta.value,
-        workers=workers,
-        overwrite=overwrite,
-        progress=not quiet,
-        working_set=working_set,
-        mask_out=mask_out,
-        vector_options=vector_options or None,
-        normalization=normalization.value,
-    )
+    try:
+        r = predict_scene(
+            scene,
+            checkpoint,
+            out,
+            probs_out=probs_out,
+            probs_mode=probs_mode.value,
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            bands=bands,
+            blend=blend.value,
+            tta=tta.value,
+            workers=workers,
+            overwrite=overwrite,
+            progress=not quiet,
+            working_set=working_set,
+            mask_out=mask_out,
+            vector_options=vector_options or None,
+            normalization=normalization.value,
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
     extra = f", {r.polygons} polygons" if r.polygons is not None else ""
     typer.echo(
         f"wrote {r.out} ({r.pixels:,} valid px, {r.tiles} tiles, {r.skipped_tiles} skipped{extra}) "
