@@ -1,0 +1,291 @@
+"""iSAID: raw layout (folders and zips), the patch converter, the patch dataset, and the whole
+prepare -> train -> load -> evaluate path on a tiny synthetic raw tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segnext_geo.data.isaid import ISAID, ISAID_PALETTE, patch_windows, prepare_isaid, scan_raw_split
+from segnext_geo.data.palette import ids_to_rgb, rgb_to_ids
+from segnext_geo.errors import UserError
+
+PATCH, OVERLAP = 64, 24  # stride 40: small enough for fast tests, same logic as 896/384
+UNKNOWN = (1, 2, 3)
+#: raw images: split -> {name: (height, width)}
+SIZES = {
+    "train": {"P0000": (100, 150), "P0001": (50, 70)},
+    "val": {"P0002": (64, 40), "P0003": (90, 90)},
+    "test": {"P0004": (70, 80)},
+}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "segnext_geo.cli.app", *args], capture_output=True, text=True)
+
+
+def _scene(name: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable image/id-mask pair: class k blocks drawn in a colour that depends on k."""
+    rng = np.random.default_rng(int(name[1:]))
+    ids = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(6):
+        k = int(rng.integers(1, 16))
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        ids[y : y + int(rng.integers(6, 24)), x : x + int(rng.integers(6, 24))] = k
+    image = (rng.normal(90, 10, size=(h, w, 3)) + ids[..., None] * np.array([9, 5, 13])).clip(0, 255)
+    return image.astype(np.uint8), ids
+
+
+def _mask_rgb(name: str, ids: np.ndarray) -> np.ndarray:
+    rgb = ids_to_rgb(ids, ISAID_PALETTE)
+    if name == "P0000":  # a few pixels in a colour that is not in the palette
+        rgb[:2, :3] = UNKNOWN
+    return rgb
+
+
+def write_raw(root: Path, zipped: bool = False) -> Path:
+    """The raw iSAID layout: {split}/images/P*.png and {split}/Semantic_masks/P*_instance_color_RGB.png."""
+    for split, scenes in SIZES.items():
+        img_dir, mask_dir = root / split / "images", root / split / "Semantic_masks"
+        img_dir.mkdir(parents=True)
+        if split != "test":
+            mask_dir.mkdir(parents=True)
+        files: dict[str, list[tuple[str, Image.Image]]] = {"img": [], "mask": []}
+        for name, (h, w) in scenes.items():
+            image, ids = _scene(name, h, w)
+            files["img"].append((f"{name}.png", Image.fromarray(image)))
+            if split != "test":
+                files["mask"].append((f"{name}_instance_color_RGB.png", Image.fromarray(_mask_rgb(name, ids))))
+        for kind, folder, zip_name in (("img", img_dir, "part1.zip"), ("mask", mask_dir, "images.zip")):
+            if not files[kind]:
+                continue
+            if zipped:  # like the official archives: members under images/
+                with zipfile.ZipFile(folder / zip_name, "w") as zf:
+                    for fname, im in files[kind]:
+                        tmp = folder / fname
+                        im.save(tmp)
+                        zf.write(tmp, f"images/{fname}")
+                        tmp.unlink()
+            else:
+                for fname, im in files[kind]:
+                    im.save(folder / fname)
+    return root
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_raw(tmp_path_factory.mktemp("raw") / "iSAID")
+
+
+@pytest.fixture(scope="module")
+def prepared(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("prepared") / "iSAID"
+    r = _cli("prepare-isaid", str(raw), str(out), "--patch-size", str(PATCH), "--overlap", str(OVERLAP), "-q")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_windows_follow_the_mmseg_loops() -> None:
+    # W=150: x starts 0, 40, 80, 120 -> the last pulled back to 150-64=86; H=100: y 0, 40, 80 -> 0, 36, 36
+    assert patch_windows(100, 150, 64, 24) == [
+        (0, 64, 0, 64),
+        (36, 100, 0, 64),
+        (0, 64, 40, 104),
+        (36, 100, 40, 104),
+        (0, 64, 80, 144),
+        (36, 100, 80, 144),
+        (0, 64, 86, 150),
+        (36, 100, 86, 150),
+    ]
+    # the paper's setting on a 1200x2000 image: stride 512, last windows pulled back to the edges
+    w = patch_windows(1200, 2000)
+    assert sorted({x0 for _, _, x0, _ in w}) == [0, 512, 1024, 1104]
+    assert sorted({y0 for y0, _, _, _ in w}) == [0, 304]
+    assert all(y1 - y0 == 896 and x1 - x0 == 896 for y0, y1, x0, x1 in w)
+    # smaller than a patch (also exactly one side equal): padded to a single full window
+    assert patch_windows(50, 70, 64, 24) == [(0, 64, 0, 64), (0, 64, 6, 70)]
+    assert patch_windows(64, 40, 64, 24) == [(0, 64, 0, 64)]
+    with pytest.raises(UserError, match="--overlap"):
+        patch_windows(100, 100, 64, 64)
+
+
+def test_palette_round_trips_and_counts_unknown_colours() -> None:
+    ids = np.arange(16, dtype=np.uint8).repeat(3).reshape(6, 8)
+    rgb = ids_to_rgb(ids, ISAID_PALETTE)
+    assert np.array_equal(rgb_to_ids(rgb, ISAID_PALETTE).ids, ids)
+    rgb[0, 0] = UNKNOWN
+    rgb[5, 7] = (200, 200, 200)
+    m = rgb_to_ids(rgb, ISAID_PALETTE)
+    assert m.ids[0, 0] == 0 and m.ids[5, 7] == 0
+    assert m.unknown_pixels == 2
+    assert m.unknown_colours == {UNKNOWN: 1, (200, 200, 200): 1}
+
+
+def test_prepare_writes_mmseg_patches(raw: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, result = prepared
+    for split, scenes in SIZES.items():
+        if split == "test":
+            continue
+        names = sorted(p.name for p in (out / "img_dir" / split).iterdir())
+        expected = sorted(
+            f"{name}_{y0}_{y1}_{x0}_{x1}.png"
+            for name, (h, w) in scenes.items()
+            for y0, y1, x0, x1 in patch_windows(h, w, PATCH, OVERLAP)
+        )
+        assert names == expected
+        anns = sorted(p.name for p in (out / "ann_dir" / split).iterdir())
+        assert anns == [n.replace(".png", "_instance_color_RGB.png") for n in expected]
+    # test images are copied whole
+    assert [p.name for p in (out / "img_dir" / "test").iterdir()] == ["P0004.png"]
+    assert Image.open(out / "img_dir" / "test" / "P0004.png").size == (80, 70)
+
+    # pixels: the patch is the (padded) source crop; the annotation holds ids with 255 in the padding
+    image, ids = _scene("P0001", 50, 70)
+    patch = np.asarray(Image.open(out / "img_dir" / "train" / "P0001_0_64_6_70.png"))
+    assert np.array_equal(patch[:50], image[:, 6:70]) and not patch[50:].any()
+    ann = Image.open(out / "ann_dir" / "train" / "P0001_0_64_6_70_instance_color_RGB.png")
+    assert ann.mode == "P"
+    a = np.asarray(ann)
+    assert np.array_equal(a[:50], ids[:, 6:70]) and (a[50:] == 255).all()
+    # the palette travels in the PNG: ids -> colours -> ids round-trips
+    as_rgb = np.asarray(ann.convert("RGB"))[:50]
+    assert np.array_equal(rgb_to_ids(as_rgb, ISAID_PALETTE).ids, a[:50])
+
+    # the unknown colour became background and was reported
+    assert "unknown mask colours: 6 px in 1 masks" in result.stdout
+    report = json.loads((out / "prepare_isaid.json").read_text())
+    assert report["unknown_masks"] == {"train/P0000": {"pixels": 6, "colours": {"1,2,3": 6}}}
+    assert report["patches"] == {"train": 10, "val": 5, "test": 1}
+
+
+def test_second_run_skips_finished_images(raw: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = prepared
+    one = out / "img_dir" / "val" / "P0003_26_90_26_90.png"
+    one.unlink()  # an interrupted image is redone, the others are skipped
+    report = prepare_isaid(raw, out, PATCH, OVERLAP, progress=False)
+    assert report.converted == {"train": 0, "val": 1, "test": 0}
+    assert report.skipped == {"train": 2, "val": 1, "test": 1}
+    assert one.is_file()
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_zip_archives_give_the_same_patches(
+    tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    raw_zip = write_raw(tmp_path / "zipped", zipped=True)
+    assert scan_raw_split(raw_zip, "train").images["P0000"].member == "images/P0000.png"
+    out = tmp_path / "out"
+    prepare_isaid(raw_zip, out, PATCH, OVERLAP, progress=False)
+    ref, _ = prepared
+    files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert files == sorted(p.relative_to(ref) for p in ref.rglob("*.png"))
+    for rel in files:
+        assert np.array_equal(np.asarray(Image.open(out / rel)), np.asarray(Image.open(ref / rel))), rel
+
+
+def test_bad_raw_inputs_name_the_file(tmp_path: Path) -> None:
+    raw = write_raw(tmp_path / "raw")
+    (raw / "val" / "Semantic_masks" / "P0003_instance_color_RGB.png").unlink()
+    with pytest.raises(UserError, match=r"val/images/P0003\.png: no mask P0003_instance_color_RGB\.png"):
+        prepare_isaid(raw, tmp_path / "out", PATCH, OVERLAP, progress=False)
+
+    raw2 = write_raw(tmp_path / "raw2")
+    (raw2 / "train" / "images" / "P0001.png").write_bytes(b"")
+    r = _cli("prepare-isaid", str(raw2), str(tmp_path / "out2"), "--patch-size", "64", "--overlap", "24", "-q")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {raw2 / 'train' / 'images' / 'P0001.png'}: empty file"]
+
+    raw3 = write_raw(tmp_path / "raw3")
+    (raw3 / "train" / "images" / "part2.zip").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=r"part2\.zip: not a readable zip archive"):
+        prepare_isaid(raw3, tmp_path / "out3", PATCH, OVERLAP, progress=False)
+
+    with pytest.raises(UserError, match="raw iSAID folder not found"):
+        prepare_isaid(tmp_path / "nowhere", tmp_path / "out4", progress=False)
+
+
+def test_isaid_dataset_reads_patches_and_names_bad_files(
+    tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    out, _ = prepared
+    ds = ISAID(out, "val")
+    assert len(ds) == 5
+    image, label = ds.load(0)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert label.shape == (64, 64) and label.max() <= 255
+    item = ds[0]
+    assert tuple(item["image"].shape) == (3, 64, 64) and tuple(item["mask"].shape) == (64, 64)
+
+    broken = tmp_path / "broken"
+    (broken / "img_dir" / "val").mkdir(parents=True)
+    (broken / "ann_dir" / "val").mkdir(parents=True)
+    Image.fromarray(image).save(broken / "img_dir" / "val" / "P9_0_64_0_64.png")
+    with pytest.raises(UserError, match=r"P9_0_64_0_64_instance_color_RGB\.png: annotation missing"):
+        ISAID(broken, "val")
+    (broken / "ann_dir" / "val" / "P9_0_64_0_64_instance_color_RGB.png").write_bytes(b"")
+    with pytest.raises(UserError, match="empty file"):
+        ISAID(broken, "val")
+    with pytest.raises(UserError, match="folder not found"):
+        ISAID(broken, "train")
+
+
+@pytest.mark.slow
+def test_prepare_train_load_evaluate(tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The acceptance path: prepared patches -> a few CPU iterations -> load_model -> evaluate JSON."""
+    from segnext_geo.models import load_model
+
+    out, _ = prepared
+    run = tmp_path / "run"
+    cfg = tmp_path / "tiny_isaid.yaml"
+    cfg.write_text(
+        f"""
+model: {{variant: segnext_t}}
+data:
+  dataset: isaid
+  root: {out}
+  batch_size: 2
+  num_workers: 0
+  img_scale: [64, 64]
+  ratio_range: [0.75, 1.25]
+  crop_size: [64, 64]
+  test_scale: null
+optim: {{lr: 0.0006}}
+schedule: {{iters: 4, warmup_iters: 2}}
+trainer: {{out_dir: {run}, val_interval: 2, log_interval: 1, accelerator: cpu, progress_bar: false}}
+"""
+    )
+    r = _cli("train", "--config", str(cfg), "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "steps      : 4" in r.stdout
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "training_curve.png"):
+        assert (run / name).is_file(), name
+
+    model = load_model(run / "best.ckpt")
+    assert model.num_classes == 16
+    assert model.meta.class_names[14] == "plane"
+    assert [tuple(c) for c in model.meta.palette] == list(ISAID_PALETTE)
+    assert model.meta.variant == "segnext_t" and model.meta.nmf_rank == 16 and model.meta.bands == (1, 2, 3)
+
+    metrics = tmp_path / "metrics.json"
+    r = _cli("evaluate", "--config", str(cfg), "--checkpoint", str(run / "best.ckpt"), "--out", str(metrics), "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mIoU" in r.stdout and "plane" in r.stdout
+    m = json.loads(metrics.read_text())
+    assert m["images"] == 5 and m["mode"] == "whole" and m["dataset"] == "isaid"
+    assert [c["name"] for c in m["per_class"]][:2] == ["background", "ship"]
+    conf = np.array(m["confusion_matrix"])
+    labelled = sum(int((np.asarray(Image.open(p)) != 255).sum()) for p in (out / "ann_dir" / "val").iterdir())
+    assert conf.shape == (16, 16) and conf.sum() == labelled
+    assert m["aAcc"] == pytest.approx(np.trace(conf) / conf.sum())
+    assert (tmp_path / "metrics.png").is_file()
+
+    # evaluating again refuses to overwrite; a checkpoint with other classes is refused
+    r = _cli("evaluate", "--config", str(cfg), "--checkpoint", str(run / "best.ckpt"), "--out", str(metrics), "-q")
+    assert r.returncode == 2 and "already exists" in r.stderr
