@@ -263,6 +263,9 @@ def process_scene(
             Path(path).unlink(missing_ok=True)
         row.update(status="failed", error=f"{type(e).__name__}: {msg}"[:500], pixels=0, polygons=0)
     row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    import resource
+
+    row["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return row
 
 

@@ -1,0 +1,253 @@
+"""Batch processing on a real Dask cluster: failures isolated, resumable, workers may die."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from segnext_geo.batch import discover_inputs, read_manifest, run_batch
+
+OPTS = {"tile_size": 64, "overlap": 16, "batch_size": 2, "device": "cpu"}
+
+
+def _write_scene(path: Path, crs: str, seed: int, size: tuple[int, int] = (96, 128)) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    data = np.zeros((3, h, w), np.uint8)
+    data[:] = rng.integers(0, 60, size=(3, h, w))
+    data[:, h // 4 : h // 2, w // 4 : w // 2] = 220  # a bright block: real structure for the model
+    origin = (500_000.0, 5_000_000.0) if crs != "EPSG:4326" else (10.0, 50.0)
+    res = 0.5 if crs != "EPSG:4326" else 5e-6
+    profile = {
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": crs,
+        "transform": from_origin(*origin, res, res),
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """6 scenes in two CRSs under nested folders, one of them corrupt."""
+    root = tmp_path / "archive"
+    (root / "utm").mkdir(parents=True)
+    (root / "geo").mkdir()
+    for i in range(3):
+        _write_scene(root / "utm" / f"s{i}.tif", "EPSG:32633", i)
+    for i in range(2):
+        _write_scene(root / "geo" / f"g{i}.tif", "EPSG:4326", 10 + i)
+    (root / "geo" / "broken.tif").write_text("this is not a GeoTIFF\n")
+    return root
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    return {Path(k).name: v["status"] for k, v in read_manifest(out / "manifest.jsonl").items()}
+
+
+def test_discover_inputs_mirrors_relative_paths(archive: Path, tmp_path: Path) -> None:
+    jobs = discover_inputs([archive])
+    assert sorted(str(j.rel) for j in jobs) == ["geo/broken", "geo/g0", "geo/g1", "utm/s0", "utm/s1", "utm/s2"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{archive / 'utm' / 's0.tif'}\n# comment\n{archive / 'geo' / 'g1.tif'}\n")
+    assert sorted(str(j.rel) for j in discover_inputs([listing])) == ["g1", "s0"]
+    pattern = str(archive / "**" / "s*.tif")
+    assert sorted(str(j.rel) for j in discover_inputs([pattern])) == ["utm/s0", "utm/s1", "utm/s2"]
+
+
+def test_local_cluster_failure_isolation_resume_and_merge(archive: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / "out"
+    merged = tmp_path / "all.gpkg"
+    s = run_batch(
+        [archive], tiny_checkpoint, out, workers=2, mask=True, merge=merged, predict_options=OPTS, progress=False
+    )
+    assert (s.done, s.skipped, s.failed) == (5, 0, 1)
+    st = _statuses(out)
+    assert st["broken.tif"] == "failed" and sum(v == "done" for v in st.values()) == 5
+    rows = read_manifest(out / "manifest.jsonl")
+    broken = next(r for k, r in rows.items() if k.endswith("broken.tif"))
+    assert "broken.tif" in broken["error"] or "not" in broken["error"]
+    for r in rows.values():
+        if r["status"] == "done":
+            assert set(r) >= {"size", "mtime", "outputs", "elapsed_s", "pixels", "polygons", "worker"}
+            assert r["pixels"] == 96 * 128
+            assert Path(r["outputs"]["vector"]).exists() and Path(r["outputs"]["mask"]).exists()
+    assert (out / "utm" / "s1.gpkg").exists() and (out / "geo" / "g0.mask.tif").exists()
+    assert not (out / "geo" / "broken.gpkg").exists()
+    # two CRSs, no --merge-crs: one layer per CRS, each with a source column
+    layers = sorted(name for name, _ in pyogrio.list_layers(merged))
+    assert len(layers) == 2 and all(name.startswith("polygons_") for name in layers)
+    assert "2 layers, one per CRS" in s.merge_note
+
+    # a rerun does no work: 5 skipped, the broken file is tried again and fails again
+    s2 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, predict_options=OPTS, progress=False)
+    assert (s2.done, s2.skipped, s2.failed) == (0, 5, 1)
+
+    # touching one input reprocesses only that scene
+    target = archive / "utm" / "s2.tif"
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
+    s3 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, predict_options=OPTS, progress=False)
+    assert (s3.done, s3.skipped, s3.failed) == (1, 4, 1)
+    last = read_manifest(out / "manifest.jsonl")[str(target.resolve())]
+    assert last["status"] == "done" and last["mtime"] == target.stat().st_mtime_ns
+
+
+def test_cli_exit_code_summary_and_merge_crs(archive: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / "cli"
+    merged = tmp_path / "m.gpkg"
+    cmd = [
+        sys.executable,
+        "-m",
+        "segnext_geo.cli",
+        "batch",
+        str(archive / "geo"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out-dir",
+        str(out),
+        "--workers",
+        "1",
+        "--tile-size",
+        "64",
+        "--overlap",
+        "16",
+        "--device",
+        "cpu",
+        "--merge",
+        str(merged),
+        "--merge-crs",
+        "EPSG:3857",
+        "--quiet",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1, r.stderr  # one scene failed
+    assert "done 2, skipped 0, failed 1" in r.stdout
+    assert "broken.tif" in r.stderr and "Traceback" not in r.stderr
+    gdf = pyogrio.read_dataframe(merged)
+    assert gdf.crs.to_epsg() == 3857 and set(gdf["source"].map(lambda p: Path(p).name)) <= {"g0.tif", "g1.tif"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connects_to_a_separately_started_scheduler(archive: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    sched = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            f"tcp://127.0.0.1:{port}",
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout="30s") as c:
+            c.wait_for_workers(1, timeout=60)
+        s = run_batch(
+            [archive / "utm"],
+            tiny_checkpoint,
+            tmp_path / "remote",
+            scheduler=f"tcp://127.0.0.1:{port}",
+            predict_options=OPTS,
+            progress=False,
+        )
+        assert (s.done, s.failed) == (3, 0)
+        workers = {r["worker"] for r in read_manifest(tmp_path / "remote" / "manifest.jsonl").values()}
+        assert len(workers) == 1  # ran on the external worker, not a local cluster
+    finally:
+        for p in (worker, sched):
+            p.terminate()
+        for p in (worker, sched):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_a_killed_worker_loses_nothing(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(8):
+        _write_scene(root / f"k{i}.tif", "EPSG:32633", 100 + i, size=(192, 192))
+    out = tmp_path / "killed"
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        killed: list[int] = []
+
+        def killer() -> None:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                rows = read_manifest(out / "manifest.jsonl")
+                if len(rows) >= 1:
+                    pid = next(iter(pids.values()))
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+                time.sleep(0.05)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        s = run_batch([root], tiny_checkpoint, out, client=client, retries=3, predict_options=OPTS, progress=False)
+        t.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert (s.done, s.failed) == (8, 0)
+    rows = read_manifest(out / "manifest.jsonl")
+    assert all(r["status"] == "done" and Path(r["outputs"]["vector"]).exists() for r in rows.values())
+    # the killed worker's process id never finished a scene after its death
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 8
