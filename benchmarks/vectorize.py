@@ -228,12 +228,16 @@ def main() -> None:
         rows.append((size, res))
         base, base_w = res["shapes"], res["shapes+gpkg"]
         print(f"\n{size}x{size}: {base['n']} polygons (whole array) / {res['vectorize b=2048']['n']} (vectorize)")
-        print("| variant | time s | vs shapes | vs shapes+gpkg | peak RSS MB | RSS vs shapes+gpkg | polygons/s |")
+        print(
+            "| variant | time s | vs shapes | vs shapes+gpkg | peak RSS MB, all processes (main) "
+            "| RSS vs shapes+gpkg | polygons/s |"
+        )
         print("|---|---|---|---|---|---|---|")
         for v, r in res.items():
             print(
                 f"| {v} | {r['s']:.2f} | {r['s'] / base['s']:.2f}x | {r['s'] / base_w['s']:.2f}x | "
-                f"{r['rss_mb']:.0f} | {r['rss_mb'] / base_w['rss_mb']:.2f}x | {r['n'] / r['s']:,.0f} |"
+                f"{r['rss_mb']:.0f} ({r['self_mb']:.0f}) | {r['rss_mb'] / base_w['rss_mb']:.2f}x | "
+                f"{r['n'] / r['s']:,.0f} |"
             )
 
 

@@ -306,3 +306,21 @@ def test_a_corrupt_mask_fails_cleanly_and_leaves_nothing(tmp_path: Path) -> None
     res = cli(str(path), "--out", str(tmp_path / "o.gpkg"), "--block-size", "64", "-q")
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "m.tif" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
+
+
+def test_ground_control_points_give_the_best_fit_transform(tmp_path: Path) -> None:
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "m.tif"
+    corners = [(0, 0), (0, 40), (40, 0), (40, 40)]  # (row, col) -> 10 m pixels from (600000, 5000000)
+    gcps = [GroundControlPoint(row=r, col=c, x=600_000.0 + 10 * c, y=5_000_000.0 - 10 * r) for r, c in corners]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GCPs only, set after opening
+        with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=1, dtype="uint8", nodata=255) as dst:
+            dst.write(scene(), 1)
+            dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+    r = vectorize_raster(path, tmp_path / "g.gpkg", progress=False)
+    assert r.crs == "EPSG:32633" and any("ground control points" in w for w in r.warnings)
+    df = gpd.read_file(r.path).sort_values("class_id")
+    assert df.geometry.iloc[0].bounds == pytest.approx((600_060.0, 4_999_850.0, 600_260.0, 4_999_950.0))
+    assert df["area_m2"].iloc[0] == pytest.approx(20_000.0)

@@ -115,34 +115,46 @@ class BlockResult:
 
 
 def shapes_to_polygons(
-    items: Iterable[tuple[dict[str, Any], float]], keep_geojson: bool = False
+    items: Iterable[tuple[dict[str, Any], float]], keep_geojson: bool = False, chunk: int = 1024
 ) -> tuple[NDArray[np.object_], NDArray[np.int64], list[dict[str, Any]]]:
     """``rasterio.features.shapes`` output -> ``(n,)`` shapely polygons and their ``(n,)`` values.
 
-    Consumes the generator once and builds every polygon in one call to
-    :func:`shapely.from_ragged_array` (several times faster than ``shapely.geometry.shape``
-    per polygon; the geometries are identical). With ``keep_geojson`` the GeoJSON-like
-    geometries are returned too (for rasterizing), else an empty list.
+    Consumes the generator once, moving coordinates into float64 arrays every ``chunk``
+    polygons (so the GeoJSON-like tuples of only one chunk are alive at a time), and builds
+    every polygon in one call to :func:`shapely.from_ragged_array` (several times faster than
+    ``shapely.geometry.shape`` per polygon; the geometries are identical). With
+    ``keep_geojson`` the GeoJSON-like geometries are returned too (for rasterizing).
     """
     rings_per_poly: list[int] = []
     ring_len: list[int] = []
-    rings_all: list[list[tuple[float, float]]] = []
     values: list[float] = []
     kept: list[dict[str, Any]] = []
+    arrays: list[NDArray[np.float64]] = []
+    pending: list[list[tuple[float, float]]] = []
+    n_pending = 0
+
+    def flush() -> None:
+        nonlocal n_pending
+        arrays.append(np.fromiter(chain.from_iterable(chain.from_iterable(pending)), np.float64, count=2 * n_pending))
+        pending.clear()
+        n_pending = 0
+
     for geom, value in items:
         rings = geom["coordinates"]
         rings_per_poly.append(len(rings))
         for ring in rings:
             ring_len.append(len(ring))
-        rings_all.extend(rings)
+            n_pending += len(ring)
+        pending.extend(rings)
         values.append(value)
         if keep_geojson:
             kept.append(geom)
+        if len(values) % chunk == 0:
+            flush()
     if not values:
         return np.empty(0, dtype=object), np.empty(0, np.int64), kept
-    n_coords = sum(ring_len)
-    flat = np.fromiter(chain.from_iterable(chain.from_iterable(rings_all)), np.float64, count=2 * n_coords)
-    del rings_all
+    flush()
+    flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     ring_off = np.zeros(len(ring_len) + 1, np.int64)
     np.cumsum(ring_len, out=ring_off[1:])
     poly_off = np.zeros(len(rings_per_poly) + 1, np.int64)
@@ -342,19 +354,3 @@ class BlockPolygonizer:
             strip(a[:, -1], valid[:, -1], np.full(h, c0 + w - 0.5), rows) if seam_right else None,
             n_polygons=len(parts),
         )
-
-
-# -- worker processes -------------------------------------------------------------------------
-_WORKER: BlockPolygonizer | None = None
-
-
-def init_worker(job: PolygonizeJob) -> None:
-    """Process-pool initializer: one :class:`BlockPolygonizer` per worker process."""
-    global _WORKER
-    _WORKER = BlockPolygonizer(job)
-
-
-def run_block(ij: tuple[int, int]) -> BlockResult:
-    """Process-pool task: polygonize one block with this worker's polygonizer."""
-    assert _WORKER is not None, "init_worker was not called"
-    return _WORKER(*ij)

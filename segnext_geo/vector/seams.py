@@ -18,16 +18,20 @@ current block row are held, so memory follows the block size and the polygons st
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
 
 from .parts import Parts
-from .polygonize import BlockGrid, BlockResult
 
-__all__ = ["SeamStitcher"]
+if TYPE_CHECKING:
+    from .polygonize import BlockGrid, BlockResult
+
+__all__ = ["Group", "SeamStitcher", "unite"]
 
 
 @dataclass
@@ -36,6 +40,27 @@ class _Part:
     class_id: int
     pixels: int
     conf_sum: float
+
+
+@dataclass
+class Group:
+    """The pieces of one polygon that crossed seams, complete but not yet united (pixel space)."""
+
+    geoms: list[object] = field(default_factory=list)
+    class_id: int = 0
+    pixels: int = 0
+    conf_sum: float = 0.0
+
+
+def unite(groups: Sequence[Group], with_conf: bool) -> Parts:
+    """One polygon per group: the union of its pieces (exact: integer coordinates, coincident seams)."""
+    geoms = [g.geoms[0] if len(g.geoms) == 1 else shapely.union_all(g.geoms) for g in groups]
+    return Parts(
+        geoms=np.array(geoms, dtype=object),
+        class_id=np.array([g.class_id for g in groups], np.int32),
+        pixels=np.array([g.pixels for g in groups], np.int64),
+        conf_sum=np.array([g.conf_sum for g in groups], np.float64) if with_conf else None,
+    )
 
 
 class SeamStitcher:
@@ -111,11 +136,11 @@ class SeamStitcher:
             self._link(here[: hi - offset - 1], there[offset + 1 : hi])
 
     # -- blocks ------------------------------------------------------------------------------
-    def add(self, res: BlockResult) -> list[Parts]:
+    def add(self, res: BlockResult) -> list[Group]:
         """Merge one block's open polygons; return the groups this block completed.
 
-        Each returned :class:`Parts` holds one complete polygon (pixel space) with the class,
-        pixel count and confidence sum of all its pieces.
+        Each :class:`Group` holds the pieces of one complete polygon (pixel space) with the
+        class, pixel count and confidence sum of all of them; :func:`unite` makes the polygon.
         """
         grid = self.grid
         k = grid.index(res.i, res.j)
@@ -159,8 +184,8 @@ class SeamStitcher:
         self._right_prev = right
         return self._close(k)
 
-    def _close(self, k: int) -> list[Parts]:
-        closed: list[Parts] = []
+    def _close(self, k: int) -> list[Group]:
+        closed: list[Group] = []
         heap = self._heap
         while heap and heap[0][0] <= k:
             req, root = heapq.heappop(heap)
@@ -169,21 +194,20 @@ class SeamStitcher:
             closed.append(self._merge(root))
         return closed
 
-    def _merge(self, root: int) -> Parts:
-        members = self._members.pop(root)
+    def _merge(self, root: int) -> Group:
+        members = sorted(self._members.pop(root))  # piece order does not depend on union history
         del self._required[root]
         pieces = [self._parts.pop(m) for m in members]
         for m in members:
             del self._parent[m]
-        geom = pieces[0].geom if len(pieces) == 1 else shapely.union_all([p.geom for p in pieces])
-        return Parts(
-            geoms=np.array([geom], dtype=object),
-            class_id=np.array([pieces[0].class_id], np.int32),
-            pixels=np.array([sum(p.pixels for p in pieces)], np.int64),
-            conf_sum=np.array([sum(p.conf_sum for p in pieces)]) if self.with_conf else None,
+        return Group(
+            geoms=[p.geom for p in pieces],
+            class_id=pieces[0].class_id,
+            pixels=sum(p.pixels for p in pieces),
+            conf_sum=sum(p.conf_sum for p in pieces),
         )
 
-    def finish(self) -> list[Parts]:
+    def finish(self) -> list[Group]:
         """Close every group still open (none remain once the last block was added)."""
         closed = self._close(len(self.grid))
         for root in [r for r, p in self._parent.items() if p == r]:

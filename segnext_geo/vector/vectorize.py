@@ -20,13 +20,11 @@ simplified as a whole).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +34,11 @@ from ..errors import UserError
 from ..outputs import atomic_output, check_output
 from .attributes import GeomArray, Meter
 from .parts import Parts
-from .polygonize import BlockGrid, BlockPolygonizer, BlockResult, PolygonizeJob, init_worker, run_block
-from .postprocess import Finisher, parse_tolerance
+from .polygonize import BlockGrid, PolygonizeJob
+from .postprocess import Finished, Finisher, parse_tolerance
 from .seams import SeamStitcher
 from .source import class_name_lookup, open_mask, open_probs
+from .workers import Runner
 from .writers import FeatureWriter, output_driver
 
 __all__ = ["VectorizeResult", "vectorize_raster"]
@@ -92,37 +91,6 @@ def _check_options(
     for name, v in (("--min-area", min_area), ("--fill-holes-below", fill_holes_below)):
         if v is not None and (not np.isfinite(v) or v < 0):
             raise UserError(f"{name}: must be a non-negative area in m², got {v}")
-
-
-def _blocks(job: PolygonizeJob, workers: int) -> Iterator[BlockResult]:
-    """Block results in row-major order, computed here or in ``workers`` processes."""
-    grid = job.grid
-    order = [(i, j) for i in range(grid.n_rows) for j in range(grid.n_cols)]
-    workers = min(workers, len(order))
-    if workers <= 1:
-        poly = BlockPolygonizer(job)
-        try:
-            for ij in order:
-                yield poly(*ij)
-        finally:
-            poly.close()
-        return
-    # forkserver: safe when the caller has threads (torch, GDAL); preloading only the block
-    # polygonizer keeps workers small (not the caller's __main__, which may import torch)
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["segnext_geo.vector.polygonize"])
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(job,))
-    try:
-        todo = iter(order)
-        pending: deque[Future[BlockResult]] = deque(ex.submit(run_block, ij) for ij in islice(todo, 2 * workers))
-        while pending:
-            res = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(ex.submit(run_block, nxt))
-            yield res
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def vectorize_raster(
@@ -228,7 +196,7 @@ def vectorize_raster(
             layer_metadata={"source": str(mask), "connectivity": str(connectivity), "units": units},
         )
         try:
-            stats = _run(job, workers, finisher, writer, progress)
+            stats = _run(job, workers, finisher, writer, progress, notes)
             writer.finish()
             writer.move_companions(out_path)
         finally:
@@ -259,32 +227,51 @@ def vectorize_raster(
     )
 
 
-def _run(job: PolygonizeJob, workers: int, finisher: Finisher, writer: FeatureWriter, progress: bool) -> dict[str, int]:
-    """Polygonize, merge and write every block; then the deferred polygons."""
+def _run(
+    job: PolygonizeJob, workers: int, finisher: Finisher, writer: FeatureWriter, progress: bool, notes: list[str]
+) -> dict[str, int]:
+    """Polygonize, merge and write every block; then the deferred polygons.
+
+    Finished polygons are written in a fixed order (block by block, each block's complete
+    polygons before the seam groups it closed) whatever the number of workers, so the output
+    is identical for any ``workers``.
+    """
     stitcher = SeamStitcher(job.grid, job.connectivity, finisher.with_conf)
     deferred: list[Parts] = []
     holes: list[GeomArray] = []
-    dropped = max_open = 0
+    queue: deque[Finished | Future[Finished]] = deque()
+    dropped = max_open = n_deferred = 0
 
-    def take(fin: object) -> None:
-        nonlocal dropped
-        writer.write(fin.features)  # type: ignore[attr-defined]
-        deferred.append(fin.deferred)  # type: ignore[attr-defined]
-        holes.append(fin.holes)  # type: ignore[attr-defined]
-        dropped += fin.dropped  # type: ignore[attr-defined]
+    def drain(wait: bool) -> None:
+        nonlocal dropped, n_deferred
+        while queue and (wait or isinstance(queue[0], Finished) or queue[0].done()):
+            item = queue.popleft()
+            fin = item if isinstance(item, Finished) else item.result()
+            writer.write(fin.features)
+            deferred.append(fin.deferred)
+            holes.append(fin.holes)
+            dropped += fin.dropped
+            n_deferred += len(fin.deferred)
 
-    with tqdm(total=len(job.grid), desc="vectorize", unit="block", disable=not progress, leave=False) as bar:
-        for res in _blocks(job, workers):
-            take(res.finished)
+    with (
+        Runner(job, workers) as runner,
+        tqdm(total=len(job.grid), desc="vectorize", unit="block", disable=not progress, leave=False) as bar,
+    ):
+        if runner.note:
+            notes.append(runner.note)
+        for res in runner.blocks():
+            queue.append(res.finished)
             closed = stitcher.add(res)
-            max_open = max(max_open, stitcher.n_open + len(closed))
+            max_open = max(max_open, stitcher.n_open + sum(len(g.geoms) for g in closed))
             if closed:
-                take(finisher.finish(Parts.concat(closed, finisher.with_conf)))
+                queue.append(runner.finish(closed))
+            drain(wait=len(queue) > 4 * runner.workers)
             bar.update(1)
-            bar.set_postfix(polygons=writer.count + sum(len(d) for d in deferred), open=stitcher.n_open, refresh=False)
-    leftover = stitcher.finish()
-    if leftover:
-        take(finisher.finish(Parts.concat(leftover, finisher.with_conf)))
+            bar.set_postfix(polygons=writer.count + n_deferred, open=stitcher.n_open, refresh=False)
+        leftover = stitcher.finish()
+        if leftover:
+            queue.append(runner.finish(leftover))
+        drain(wait=True)
     all_holes = np.concatenate(holes) if holes else np.empty(0, dtype=object)
     features, absorbed = finisher.finish_deferred(Parts.concat(deferred, finisher.with_conf), all_holes)
     writer.write(features)
