@@ -6,7 +6,7 @@ venv:
 	@scripts/bootstrap.sh >/dev/null
 
 demo:
-	@V=$$(scripts/bootstrap.sh) && $$V/bin/segnext-geo --help && $$V/bin/python benchmarks/model_speed.py --quick
+	@V=$$(scripts/bootstrap.sh) && $$V/bin/segnext-geo demo --out-dir demo --overwrite
 
 test:
 	@V=$$(scripts/bootstrap.sh) && $$V/bin/ruff check . && $$V/bin/ruff format --check . && \

@@ -186,7 +186,7 @@ def render_preview(
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.95 if title else 1))
     with atomic_output(out, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -132,8 +132,8 @@ def synthesize(size: int | tuple[int, int] = 1024, seed: int = 0, nodata_corners
     return SyntheticScene(img, truth, from_origin(x0, y0, RESOLUTION, RESOLUTION))
 
 
-def write_scene(scene: SyntheticScene, image_path: str | Path, truth_path: str | Path | None = None) -> None:
-    """Write the image (tiled, deflate, nodata 0) and the truth (nodata 255, colour table, class names)."""
+def write_scene(scene: SyntheticScene, image_path: str | Path | None, truth_path: str | Path | None = None) -> None:
+    """Write the image (tiled, deflate, nodata 0) and/or the truth (nodata 255, colour table, class names)."""
     import json
 
     import rasterio
@@ -150,10 +150,17 @@ def write_scene(scene: SyntheticScene, image_path: str | Path, truth_path: str |
         "blockysize": 256,
         "compress": "deflate",
     }
-    with rasterio.open(image_path, "w", count=3, dtype="uint8", nodata=0, photometric="RGB", **common) as dst:
-        dst.write(scene.image)
+    if image_path is not None:
+        _write_image(scene, image_path, common)
     if truth_path is not None:
         with rasterio.open(truth_path, "w", count=1, dtype="uint8", nodata=255, **common) as dst:
             dst.write(scene.truth, 1)
             dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(DEMO_PALETTE)})
             dst.update_tags(class_names=json.dumps(list(DEMO_CLASSES)))
+
+
+def _write_image(scene: SyntheticScene, path: str | Path, common: dict) -> None:
+    import rasterio
+
+    with rasterio.open(path, "w", count=3, dtype="uint8", nodata=0, photometric="RGB", **common) as dst:
+        dst.write(scene.image)

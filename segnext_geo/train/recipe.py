@@ -22,12 +22,12 @@ __all__ = ["build_optimizer", "lr_factor", "param_groups"]
 def param_groups(
     model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 10.0, norm_decay_mult: float = 0.0
 ) -> list[dict[str, Any]]:
-    """AdamW groups ``[{"name", "params", "lr", "weight_decay"}]`` (empty groups left out).
+    """AdamW groups ``[{"name", "params", "lr", "weight_decay"}]``: base, head, norm (empty groups left out).
 
     ``head`` in the name: ``lr * head_lr_mult``; else ``norm`` in the name:
     ``weight_decay * norm_decay_mult``; else the base values.
     """
-    buckets: dict[str, list[nn.Parameter]] = {"head": [], "norm": [], "base": []}
+    buckets: dict[str, list[nn.Parameter]] = {"base": [], "head": [], "norm": []}  # base first: logged lr
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -72,7 +72,8 @@ def build_optimizer(
     """AdamW over :func:`param_groups` and a per-step ``LambdaLR`` following :func:`lr_factor`."""
     groups = param_groups(model, optim.lr, optim.weight_decay, optim.head_lr_mult, optim.norm_decay_mult)
     betas = (optim.betas[0], optim.betas[1])
-    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=betas, weight_decay=optim.weight_decay)
+    # fused: one kernel for all parameters; the default foreach path is ~10x slower on CPU (torch 2.14)
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=betas, weight_decay=optim.weight_decay, fused=True)
 
     def factor_for(base: float) -> Callable[[int], float]:
         return lambda it: lr_factor(it, base, schedule)
