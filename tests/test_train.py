@@ -138,9 +138,10 @@ def test_warmup_then_poly_schedule() -> None:
         lrs.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
-    assert lrs[0][0] == pytest.approx(6e-4 * 1e-6)  # head group first
-    assert lrs[2] == pytest.approx([6e-4 * 0.8, 6e-5 * 0.8, 6e-5 * 0.8])
-    assert lrs[9] == pytest.approx([6e-4 * 0.1, 6e-5 * 0.1, 6e-5 * 0.1])
+    assert [g["name"] for g in opt.param_groups] == ["base", "head", "norm"]
+    assert lrs[0][1] == pytest.approx(6e-4 * 1e-6)
+    assert lrs[2] == pytest.approx([6e-5 * 0.8, 6e-4 * 0.8, 6e-5 * 0.8])
+    assert lrs[9] == pytest.approx([6e-5 * 0.1, 6e-4 * 0.1, 6e-5 * 0.1])
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -195,29 +196,33 @@ def test_training_reduces_the_loss_and_checkpoints_load(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path) -> None:
-    """Stopping after 3 of 6 steps (mid-epoch) and resuming gives the same weights as one uninterrupted run."""
+    """Stopping after 3 (mid-epoch) or 4 (end of epoch) of 6 steps and resuming gives the same weights as one
+    uninterrupted run: optimiser, schedule, step, data position and RNG (dropout, drop path) all continue."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from segnext_geo.train.fit import train
 
-    sets = ("schedule.iters=6", "trainer.val_interval=3", "model.drop_path_rate=0.2")
-    snaps = tmp_path / "snaps"
-    snap = ModelCheckpoint(snaps, "s{step}", every_n_train_steps=3, save_top_k=-1, auto_insert_metric_name=False)
-    full = train(_synthetic_cfg(tmp_path / "a", *sets), callbacks=[snap])
-    mid = snaps / "s3.ckpt"
-    assert mid.is_file()
-    resumed = train(_synthetic_cfg(tmp_path / "b", *sets), resume=mid)
-    assert resumed.steps == 6
+    sets = ("schedule.iters=6", "trainer.val_interval=3", "model.drop_path_rate=0.2")  # 16 images = 4 steps/epoch
+    snaps = [
+        ModelCheckpoint(
+            tmp_path / f"every{n}", "s{step}", every_n_train_steps=n, save_top_k=-1, auto_insert_metric_name=False
+        )
+        for n in (3, 4)
+    ]
+    full = train(_synthetic_cfg(tmp_path / "a", *sets), callbacks=snaps)
     a = torch.load(full.last, weights_only=True)
-    b = torch.load(resumed.last, weights_only=True)
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
-    assert a["lr_schedulers"][0]["_last_lr"] == b["lr_schedulers"][0]["_last_lr"]
-    # the training curve kept the steps before the resume
-    assert [r["step"] for r in b["callbacks"]["TrainingCurve"]["train"]] == [1, 2, 3, 4, 5, 6]
+    for name, snap in (("b", tmp_path / "every3" / "s3.ckpt"), ("c", tmp_path / "every4" / "s4.ckpt")):
+        resumed = train(_synthetic_cfg(tmp_path / name, *sets), resume=snap)
+        assert resumed.steps == 6
+        b = torch.load(resumed.last, weights_only=True)
+        for k, v in a["state_dict"].items():
+            assert torch.equal(v, b["state_dict"][k]), (snap.name, k)
+        assert a["lr_schedulers"][0]["_last_lr"] == b["lr_schedulers"][0]["_last_lr"]
+        # the training curve kept the steps before the resume
+        assert [r["step"] for r in b["callbacks"]["TrainingCurve"]["train"]] == [1, 2, 3, 4, 5, 6]
 
     with pytest.raises(UserError, match="has 4 classes but the dataset has 5"):
-        train(_synthetic_cfg(tmp_path / "c", *sets, "data.options={num_classes: 5, size: 64}"), resume=mid)
+        train(_synthetic_cfg(tmp_path / "d", *sets, "data.options={num_classes: 5, size: 64}"), resume=snap)
 
 
 @pytest.mark.slow

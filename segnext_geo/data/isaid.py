@@ -316,10 +316,11 @@ class PrepareReport:
                 f"{self.skipped.get(split, 0)} already done, {self.patches[split]} patches"
             )
         if self.unknown_pixels:
-            first = next(iter(self.unknown_masks.items()))
+            name, info = next(iter(self.unknown_masks.items()))
+            colours = ", ".join(f"rgb({c}) {n} px" for c, n in info["colours"].items())  # type: ignore[attr-defined]
             lines.append(
                 f"unknown mask colours: {self.unknown_pixels} px in {len(self.unknown_masks)} masks set to 0 "
-                f"(background); first: {first[0]} {first[1]['colours']}"
+                f"(background); first: {name}: {colours}"
             )
         else:
             lines.append("unknown mask colours: none")

@@ -90,7 +90,9 @@ class SegDataModule(pl.LightningDataModule):
                 f"{len(sampler)} per device ({len(source)} in all)"
             )
         if trainer.ckpt_path:
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            # batches of the checkpoint's epoch already trained on; a finished epoch restarts at the next one
+            per_epoch = len(sampler) // self.per_device_batch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed % per_epoch
             sampler.skip_next(done * self.per_device_batch)
         kwargs = self._loader_kwargs()
         return DataLoader(ds, batch_size=self.per_device_batch, sampler=sampler, drop_last=True, **kwargs)

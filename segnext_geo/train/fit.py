@@ -89,6 +89,18 @@ def _prepare_out_dir(out_dir: Path, resume: Path | None, overwrite: bool) -> Non
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _remove_unfinished_run(out_dir: Path) -> None:
+    """A new run that failed before its first checkpoint leaves nothing behind (a later run needs no --overwrite)."""
+    if any((out_dir / name).exists() for name in ("best.ckpt", "last.ckpt")):
+        return
+    for name in RUN_FILES:
+        p = out_dir / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def init_from_pretrained(model: Any, path: str | Path) -> str:
     """Copy pretrained weights into ``model``; returns what was loaded.
 
@@ -285,8 +297,10 @@ def train(
             for pattern in _EXPECTED_WARNINGS:
                 warnings.filterwarnings("ignore", message=pattern)
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
-    except Exception as e:
-        user = _unwrap_worker_error(e)
+    except BaseException as e:
+        if resume_path is None and trainer.is_global_zero:
+            _remove_unfinished_run(out_dir)
+        user = _unwrap_worker_error(e) if isinstance(e, Exception) else None
         if user is not None:
             raise user from None
         raise
