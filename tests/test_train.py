@@ -176,7 +176,7 @@ def test_training_reduces_the_loss_and_checkpoints_load(tmp_path: Path) -> None:
     cfg = _synthetic_cfg(
         tmp_path / "run",
         "data.options={num_train: 32, num_val: 8, size: 64, num_classes: 4}",
-        "data.batch_size=8",
+        "data.batch_size=4",
         "schedule.iters=30",
         "trainer.val_interval=15",
     )
