@@ -133,6 +133,13 @@ class TorchgeoSource:
         if len(self.ds) == 0:
             raise UserError(f"data.root={self.root}: {spec.cls_name} {tg_split} split is empty")
         self._check_files()
+        if spec.cls_name.lower() not in {n.cls_name.lower() for n in NAMED.values()}:
+            first = self.ds[0]
+            if "mask" not in first or first["mask"].ndim not in (2, 3):
+                raise UserError(
+                    f"data.dataset={spec.cls_name}: not a semantic segmentation dataset (its samples have "
+                    f"{', '.join(sorted(first))}, no per-pixel 'mask')"
+                )
         names = spec.class_names or tuple(getattr(self.ds, "classes", ()) or ())
         if not names:
             raise UserError(f"data.dataset={spec.cls_name}: torchgeo gives no class list; set data.class_names")
