@@ -248,7 +248,7 @@ def test_bf16_mixed_precision_and_accumulation(tmp_path: Path) -> None:
 
 
 def test_pretrained_imagenet_backbone_and_segmentation_checkpoint(tmp_path: Path) -> None:
-    from segnext_geo.train.fit import init_from_pretrained
+    from segnext_geo.train.pretrained import init_from_pretrained
 
     torch.manual_seed(1)
     source = build_model("tiny", 19)

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import UserError
 from .config import Config
 
-__all__ = ["RUN_FILES", "TrainResult", "init_from_pretrained", "train", "train_from_config"]
+__all__ = ["RUN_FILES", "TrainResult", "train", "train_from_config"]
 
 #: Files (and folders) a run writes into ``trainer.out_dir``; ``--overwrite`` removes exactly these.
 RUN_FILES = ("best.ckpt", "last.ckpt", "config.yaml", "training_curve.png", "logs", "tb")
@@ -46,7 +46,6 @@ _EXPECTED_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",
     r"The number of training batches .* is smaller than the logging interval",
     r".*isinstance\(treespec, LeafSpec\)",
-    r"The '(train|val)_dataloader' does not have many workers",
     r"Experiment logs directory .* exists and is not empty",
     r"You're resuming from a checkpoint that ended before the epoch ended",  # the sampler skips what was used
 )
@@ -99,35 +98,6 @@ def _remove_unfinished_run(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-
-
-def init_from_pretrained(model: Any, path: str | Path) -> str:
-    """Copy pretrained weights into ``model``; returns what was loaded.
-
-    An ImageNet MSCAN file fills the backbone (the decoder stays freshly
-    initialised). A segmentation checkpoint (official, mmseg or own) fills the
-    backbone and the decoder, except ``conv_seg`` when its class count differs.
-    """
-    from ..models import inspect_checkpoint, load_model
-
-    p = Path(path)
-    family = inspect_checkpoint(p).family
-    pre = load_model(p, num_classes=model.num_classes) if family == "mscan-imagenet" else load_model(p)
-    if pre.meta.variant != model.meta.variant:
-        raise UserError(f"{p}: holds {pre.meta.variant} weights but model.variant is {model.meta.variant}")
-    try:
-        model.backbone.load_state_dict(pre.backbone.state_dict())
-        if family == "mscan-imagenet":
-            return f"backbone from ImageNet {p.name}"
-        head = pre.decode_head.state_dict()
-        if pre.num_classes != model.num_classes:
-            head = {k: v for k, v in head.items() if not k.startswith("conv_seg.")}
-        model.decode_head.load_state_dict(head, strict=False)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{p}: weights do not fit the model ({' '.join(first[:2])[:200]})") from None
-    kept = "" if pre.num_classes == model.num_classes else " (classifier re-initialised)"
-    return f"backbone and decoder from {p.name}{kept}"
 
 
 def _check_resume(resume: Path, num_classes: int) -> None:
@@ -212,6 +182,7 @@ def train(
     from .callbacks import TrainingCurve, ValidateAtEnd
     from .datamodule import SegDataModule
     from .module import SegNeXtModule
+    from .pretrained import init_from_pretrained
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
