@@ -12,7 +12,9 @@ sampled over the whole process tree, workers included) of one does not pollute a
 - ``vectorize``: :func:`segnext_geo.vector.vectorize_raster`, block 2048, 1 process;
 - ``vectorize -w2``: the same with 2 worker processes.
 
-Prints wall time, the ratio against each baseline, peak RSS and its ratio, and polygons/s.
+Prints wall time and its ratio against each baseline, CPU time (all processes, and the main
+process alone: its share bounds the speed-up workers can give), peak RSS and its ratio, and
+polygons/s. Each figure is the fastest of ``--repeats`` round-robin runs.
 
     python benchmarks/vectorize.py                   # 2048^2 and 8192^2
     python benchmarks/vectorize.py --sizes 2048      # quick
@@ -96,13 +98,18 @@ def write_blob_mask(path: Path, size: int, seed: int = 0) -> None:
 
 # -- one variant in a subprocess ------------------------------------------------------------------
 class TreeRSS:
-    """Samples the summed RSS of this process and all its descendants (every 20 ms), keeps the peak."""
+    """Samples this process and all its descendants every 20 ms.
+
+    Keeps the peak of their summed RSS, and the last CPU time (user + system) seen for each
+    descendant (workers are children of the forkserver, so ``RUSAGE_CHILDREN`` misses them).
+    """
 
     def __init__(self) -> None:
         import psutil
 
         self.proc = psutil.Process()
         self.peak = 0
+        self.child_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -111,6 +118,8 @@ class TreeRSS:
         for ch in self.proc.children(recursive=True):
             try:
                 total += ch.memory_info().rss
+                t = ch.cpu_times()
+                self.child_cpu[ch.pid] = t.user + t.system
             except Exception:
                 pass
         return total
@@ -166,9 +175,10 @@ def whole_array(mask: Path, out: Path | None) -> int:
 
 
 def child(variant: str, mask: Path, out: Path) -> None:
-    """Run one variant and print ``{"s": wall seconds, "rss_mb": tree peak, "self_mb": ru_maxrss, "n": count}``."""
+    """Run one variant and print wall seconds, tree RSS peak, own ru_maxrss, CPU seconds and the count (JSON)."""
     from segnext_geo.vector import vectorize_raster
 
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with TreeRSS() as rss:
         t = time.perf_counter()
         if variant == "shapes":
@@ -186,8 +196,11 @@ def child(variant: str, mask: Path, out: Path) -> None:
                 progress=False,
             ).count
         s = time.perf_counter() - t
-    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"s": s, "rss_mb": rss.peak / 2**20, "self_mb": self_mb, "n": n}))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    main_cpu = ru.ru_utime - cpu0.ru_utime + ru.ru_stime - cpu0.ru_stime
+    out = {"s": s, "rss_mb": rss.peak / 2**20, "self_mb": ru.ru_maxrss / 1024, "n": n}
+    out.update(main_cpu=main_cpu, cpu=main_cpu + sum(rss.child_cpu.values()))
+    print(json.dumps(out))
 
 
 def run_variant(variant: str, mask: Path, out: Path) -> dict[str, float]:
@@ -201,7 +214,7 @@ def run_variant(variant: str, mask: Path, out: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
-    ap.add_argument("--repeats", type=int, default=1, help="runs per variant (the fastest is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per variant (the fastest is kept)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "segnext_geo_bench_vectorize")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "MASK", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -210,34 +223,30 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"cpus: {os.cpu_count()}; every variant in its own subprocess; RSS = peak over the process tree")
-    rows = []
     for size in args.sizes:
         mask = args.workdir / f"blobs_{size}.tif"
         if not mask.exists():
             t = time.perf_counter()
             write_blob_mask(mask, size)
             print(f"wrote {mask} in {time.perf_counter() - t:.1f} s")
-        res = {}
         variants = ["shapes", "shapes+gpkg", "vectorize b=2048", "vectorize b=2048 w=2", "vectorize b=1024 w=2"]
-        for variant in variants:
-            runs = [
-                run_variant(variant, mask, args.workdir / f"out_{size}_{variant.replace(' ', '_')}.gpkg")
-                for _ in range(args.repeats)
-            ]
-            res[variant] = min(runs, key=lambda r: r["s"])
-        rows.append((size, res))
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for _ in range(args.repeats):  # round-robin, so load changes hit every variant alike
+            for v in variants:
+                runs[v].append(run_variant(v, mask, args.workdir / f"out_{size}_{v.replace(' ', '_')}.gpkg"))
+        res = {v: min(r, key=lambda x: x["s"]) for v, r in runs.items()}
         base, base_w = res["shapes"], res["shapes+gpkg"]
         print(f"\n{size}x{size}: {base['n']} polygons (whole array) / {res['vectorize b=2048']['n']} (vectorize)")
         print(
-            "| variant | time s | vs shapes | vs shapes+gpkg | peak RSS MB, all processes (main) "
+            "| variant | time s | vs shapes | vs shapes+gpkg | CPU s, all (main) | peak RSS MB, all (main) "
             "| RSS vs shapes+gpkg | polygons/s |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for v, r in res.items():
             print(
                 f"| {v} | {r['s']:.2f} | {r['s'] / base['s']:.2f}x | {r['s'] / base_w['s']:.2f}x | "
-                f"{r['rss_mb']:.0f} ({r['self_mb']:.0f}) | {r['rss_mb'] / base_w['rss_mb']:.2f}x | "
-                f"{r['n'] / r['s']:,.0f} |"
+                f"{r['cpu']:.2f} ({r['main_cpu']:.2f}) | {r['rss_mb']:.0f} ({r['self_mb']:.0f}) | "
+                f"{r['rss_mb'] / base_w['rss_mb']:.2f}x | {r['n'] / r['s']:,.0f} |"
             )
 
 

@@ -89,8 +89,6 @@ def vectorize(
         to_wgs84=to_wgs84,
         progress=not quiet,
     )
-    for note in r.warnings:
-        typer.echo(f"warning: {note}", err=True)
     per_class = ", ".join(f"{k} {v}" for k, v in r.per_class.items())
     typer.echo(
         f"wrote {r.count} polygons to {r.path} (layer {r.layer}, {r.crs or 'no CRS'}) in {r.elapsed_s:.1f} s"

@@ -182,6 +182,7 @@ def test_coverage_simplify_keeps_shared_edges(tmp_path: Path) -> None:
     g2 = np.asarray(gpd.read_file(pixels.path).geometry.values)
     assert len(g1) == len(g0) and shapely.is_valid(g1).all()
     assert shapely.get_num_coordinates(g1).sum() < 0.8 * shapely.get_num_coordinates(g0).sum()
+    assert shapely.coverage_is_valid(g1)  # shared edges match exactly after simplification
     union = shapely.union_all(g1)
     assert shapely.area(g1).sum() == pytest.approx(union.area, rel=1e-9)  # no overlaps
     assert union.geom_type == "Polygon" and len(union.interiors) == 0  # no gaps
@@ -324,3 +325,27 @@ def test_ground_control_points_give_the_best_fit_transform(tmp_path: Path) -> No
     df = gpd.read_file(r.path).sort_values("class_id")
     assert df.geometry.iloc[0].bounds == pytest.approx((600_060.0, 4_999_850.0, 600_260.0, 4_999_950.0))
     assert df["area_m2"].iloc[0] == pytest.approx(20_000.0)
+
+
+def test_noding_makes_pixel_polygons_a_valid_coverage() -> None:
+    from rasterio.features import shapes
+
+    from segnext_geo.vector.noding import node_pixel_polygons
+    from segnext_geo.vector.polygonize import shapes_to_polygons
+
+    # a T-junction: the long bottom box has no vertex where the two upper boxes meet
+    t = np.array([shapely.box(0, 0, 4, 1), shapely.box(0, 1, 2, 2), shapely.box(2, 1, 4, 2)], dtype=object)
+    assert not shapely.coverage_is_valid(t)
+    noded = node_pixel_polygons(t)
+    assert shapely.coverage_is_valid(noded) and [2.0, 1.0] in shapely.get_coordinates(noded[0]).tolist()
+    rng = np.random.default_rng(5)
+    a = np.kron(rng.integers(0, 4, (12, 12)), np.ones((3, 2), int)).astype(np.uint8)
+    a[rng.random(a.shape) < 0.2] = 1
+    for conn in (4, 8):
+        g, _, _ = shapes_to_polygons(shapes(a, connectivity=conn))
+        g = shapely.make_valid(g, method="structure", keep_collapsed=False)
+        n = node_pixel_polygons(g)
+        assert shapely.equals(n, g).all() and shapely.is_valid(n).all()
+        assert (shapely.get_type_id(n) == shapely.get_type_id(g)).all()
+        assert shapely.coverage_is_valid(n) and not shapely.coverage_is_valid(g)
+        assert shapely.get_num_coordinates(n).sum() < 1.2 * shapely.get_num_coordinates(g).sum()

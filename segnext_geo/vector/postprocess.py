@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from ..errors import UserError
 from .attributes import FeatureBatch, GeomArray, Meter
+from .noding import node_pixel_polygons
 from .parts import Parts
 
 __all__ = ["Finished", "Finisher", "absorbed_by", "fill_small_holes", "parse_tolerance", "simplify_coverage"]
@@ -109,14 +110,14 @@ def absorbed_by(geoms: GeomArray, holes: GeomArray) -> NDArray[np.bool_]:
 def simplify_coverage(geoms: GeomArray, tolerance_px: float) -> GeomArray:
     """Simplify pixel-space polygons together with :func:`shapely.coverage_simplify`.
 
-    Pixel polygons only have vertices where their own outline turns, so a shared edge may
-    carry a vertex on one side only; densifying to one vertex per pixel corner first makes
-    the set a valid coverage whose shared edges are simplified once, identically for both
-    neighbours (no gaps, no overlaps).
+    Pixel polygons only have vertices where their own outline turns, so at a T-junction a
+    shared edge carries a vertex on one side only; :func:`.noding.node_pixel_polygons` adds
+    those vertices first, which makes the set a valid coverage whose shared edges are
+    simplified once, identically for both neighbours (no gaps, no overlaps).
     """
     if len(geoms) == 0:
         return geoms
-    out = shapely.coverage_simplify(shapely.segmentize(geoms, 1.0), tolerance_px)
+    out = shapely.coverage_simplify(node_pixel_polygons(geoms), tolerance_px)
     return np.asarray(out, dtype=object)
 
 

@@ -214,7 +214,7 @@ def vectorize_raster(
     return VectorizeResult(
         path=out_path,
         count=writer.count,
-        crs=meter.output_crs_wkt and (("EPSG:4326" if to_wgs84 else m.crs_name) or meter.output_crs_wkt),
+        crs=None if meter.kind == "none" else ("EPSG:4326" if to_wgs84 else m.crs_name),
         elapsed_s=time.perf_counter() - t0,
         warnings=notes,
         layer=layer_name,
