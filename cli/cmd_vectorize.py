@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -70,25 +71,29 @@ def vectorize(
         ids = [int(c) for c in class_ids] if class_ids is not None else None
     except ValueError:
         raise UserError(f"--classes: {','.join(class_ids or [])!r} is not a list of class ids like 1,3") from None
-    r = vectorize_raster(
-        mask,
-        out,
-        probs=probs,
-        class_names=_split(class_names),
-        classes=ids,
-        keep_background=keep_background,
-        min_area=min_area,
-        simplify=simplify,
-        fill_holes_below=fill_holes_below,
-        connectivity=connectivity,
-        block_size=block_size,
-        workers=workers,
-        overwrite=overwrite,
-        source=source,
-        layer=layer,
-        to_wgs84=to_wgs84,
-        progress=not quiet,
-    )
+    try:
+        r = vectorize_raster(
+            mask,
+            out,
+            probs=probs,
+            class_names=_split(class_names),
+            classes=ids,
+            keep_background=keep_background,
+            min_area=min_area,
+            simplify=simplify,
+            fill_holes_below=fill_holes_below,
+            connectivity=connectivity,
+            block_size=block_size,
+            workers=workers,
+            overwrite=overwrite,
+            source=source,
+            layer=layer,
+            to_wgs84=to_wgs84,
+            progress=not quiet,
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output was cleaned up; typer would exit silently
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
     per_class = ", ".join(f"{k} {v}" for k, v in r.per_class.items())
     typer.echo(
         f"wrote {r.count} polygons to {r.path} (layer {r.layer}, {r.crs or 'no CRS'}) in {r.elapsed_s:.1f} s"

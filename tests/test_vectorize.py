@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import warnings
@@ -289,7 +290,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, make: object, extra: list[str],
 def test_cli_missing_crs_warns(tmp_path: Path) -> None:
     mask = write_raster(tmp_path / "m.tif", scene(), crs=None, transform=Affine.identity())
     res = cli(str(mask), "--out", str(tmp_path / "o.gpkg"), "-q")
-    assert res.returncode == 0 and "warning: " in res.stderr and "no CRS" in res.stderr
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "no CRS" in lines[0]  # once, as a warning
     assert "no CRS" in res.stdout
 
 
@@ -349,3 +352,26 @@ def test_noding_makes_pixel_polygons_a_valid_coverage() -> None:
         assert (shapely.get_type_id(n) == shapely.get_type_id(g)).all()
         assert shapely.coverage_is_valid(n) and not shapely.coverage_is_valid(g)
         assert shapely.get_num_coordinates(n).sum() < 1.2 * shapely.get_num_coordinates(g).sum()
+
+
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGINT, "2"), (signal.SIGTERM, "1")])
+def test_interrupted_run_leaves_nothing(tmp_path: Path, sig: signal.Signals, workers: str) -> None:
+    rng = np.random.default_rng(0)
+    mask = write_raster(tmp_path / "m.tif", rng.integers(0, 6, (512, 1024), dtype=np.uint8))
+    cmd = [sys.executable, "-m", "segnext_geo.cli.app", "vectorize", str(mask), "--out", str(tmp_path / "o.gpkg")]
+    proc = subprocess.Popen(
+        [*cmd, "--block-size", "8", "--workers", workers],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, not a shell job
+    )
+    assert proc.stderr is not None
+    seen = ""
+    while "open=" not in seen:  # wait until blocks are coming back (workers are up), then interrupt
+        char = proc.stderr.read(1)
+        assert char, f"the run ended before it could be interrupted: {seen}"
+        seen += char
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]

@@ -20,10 +20,13 @@ simplified as a whole).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +80,23 @@ class VectorizeResult:
     dropped_small: int = 0
     absorbed: int = 0
     max_open: int = 0
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt (main thread only) so ``kill`` cleans up like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_options(
@@ -183,7 +203,7 @@ def vectorize_raster(
     )
     layer_name = layer or out_path.stem
     units = "metres" if meter.kind != "none" else "raster units (no CRS; pixels for an identity transform)"
-    with atomic_output(out_path, overwrite) as tmp:
+    with _sigterm_as_interrupt(), atomic_output(out_path, overwrite) as tmp:
         writer = FeatureWriter(
             tmp,
             driver=driver,

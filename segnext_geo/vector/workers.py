@@ -13,6 +13,7 @@ caller's ``__main__`` (which may import torch) nor pyogrio.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,8 +31,14 @@ _WORKER: BlockPolygonizer | None = None
 
 
 def init_worker(job: PolygonizeJob) -> None:
-    """Process-pool initializer: one :class:`BlockPolygonizer` per worker process."""
+    """Process-pool initializer: one :class:`BlockPolygonizer` per worker process.
+
+    Workers ignore SIGINT: Ctrl-C reaches the whole process group, and only the main process
+    should react (it cancels what is queued and cleans up); a worker killed mid-task would
+    turn an interruption into a broken pool.
+    """
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = BlockPolygonizer(job)
 
 
