@@ -110,7 +110,19 @@ def test_missing_crs_is_allowed_with_a_warning(tmp_path: Path) -> None:
     assert r.crs is None and any("no CRS" in w and "pixel" in w for w in r.warnings)
     df = gpd.read_file(r.path).sort_values("class_id")
     assert df.crs is None and df["area_m2"].tolist() == [200.0, 9.0]
-    assert pyogrio.read_info(r.path, layer="n")["layer_metadata"]["units"].startswith("raster units")
+    assert pyogrio.read_info(r.path, layer="n")["layer_metadata"]["measures"].startswith("raster units")
+
+
+def test_internal_mask_band_marks_invalid_pixels(tmp_path: Path) -> None:
+    a = np.ones((32, 32), np.uint8)
+    path = write_raster(tmp_path / "m.tif", a, nodata=None)
+    with rasterio.open(path, "r+") as dst:
+        valid = np.full((32, 32), 255, np.uint8)
+        valid[:, 16:] = 0  # right half masked out
+        dst.write_mask(valid)
+    r = vectorize_raster(path, tmp_path / "k.gpkg", block_size=8, progress=False)
+    df = gpd.read_file(r.path)
+    assert r.count == 1 and df["area_m2"].tolist() == [32 * 16 * 100.0]
 
 
 def test_mean_confidence_from_one_band_and_per_class_probabilities(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from .noding import node_pixel_polygons
 from .parts import Parts
 
 if TYPE_CHECKING:
@@ -52,9 +53,23 @@ class Group:
     conf_sum: float = 0.0
 
 
+def _union(pieces: list[object]) -> object:
+    """Exact union of pixel-aligned pieces that meet only along seams (or at corners).
+
+    Once T-junctions are noded the pieces form a valid coverage, and a coverage union (which
+    only drops shared edges) is about twice as fast as an overlay union; the overlay union stays
+    as a fallback should GEOS still refuse the input.
+    """
+    arr = np.array(pieces, dtype=object)
+    try:
+        return shapely.coverage_union_all(node_pixel_polygons(arr))
+    except shapely.errors.GEOSException:
+        return shapely.union_all(arr)
+
+
 def unite(groups: Sequence[Group], with_conf: bool) -> Parts:
     """One polygon per group: the union of its pieces (exact: integer coordinates, coincident seams)."""
-    geoms = [g.geoms[0] if len(g.geoms) == 1 else shapely.union_all(g.geoms) for g in groups]
+    geoms = [g.geoms[0] if len(g.geoms) == 1 else _union(g.geoms) for g in groups]
     return Parts(
         geoms=np.array(geoms, dtype=object),
         class_id=np.array([g.class_id for g in groups], np.int32),

@@ -202,7 +202,11 @@ def vectorize_raster(
         finisher=finisher,
     )
     layer_name = layer or out_path.stem
-    units = "metres" if meter.kind != "none" else "raster units (no CRS; pixels for an identity transform)"
+    units = (
+        "area_m2 and perimeter_m in metres"
+        if meter.kind != "none"
+        else "raster units (no CRS; pixels for an identity transform): coordinates, area_m2, perimeter_m"
+    )
     with _sigterm_as_interrupt(), atomic_output(out_path, overwrite) as tmp:
         writer = FeatureWriter(
             tmp,
@@ -213,7 +217,7 @@ def vectorize_raster(
             class_names=class_name_lookup(names),
             source=str(mask) if source is None else source,
             with_confidence=with_conf,
-            layer_metadata={"source": str(mask), "connectivity": str(connectivity), "units": units},
+            layer_metadata={"source": str(mask), "connectivity": str(connectivity), "measures": units},
         )
         try:
             stats = _run(job, workers, finisher, writer, progress, notes)

@@ -111,7 +111,7 @@ class FeatureWriter:
         source: str,
         with_confidence: bool,
         layer_metadata: Mapping[str, str] | None = None,
-        flush_every: int = 10_000,
+        flush_every: int = 25_000,
     ) -> None:
         self.tmp = Path(tmp)
         self.driver = driver
