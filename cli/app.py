@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,9 +21,29 @@ app = typer.Typer(
 )
 
 
+class _WarningHandler(logging.Handler):
+    """Library warnings as ``warning: ...`` lines on the *current* ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"warning: {record.getMessage()}\n")
+        except (OSError, ValueError):
+            pass
+
+
+def _setup_logging() -> None:
+    """Route ``segnext_geo`` log warnings to stderr once per process (idempotent)."""
+    logger = logging.getLogger("segnext_geo")
+    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
+        handler = _WarningHandler(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 @app.callback()
 def _root() -> None:
     """SegNeXt segmentation of huge GeoTIFF scenes into georeferenced rasters and polygons."""
+    _setup_logging()
 
 
 @app.command()
