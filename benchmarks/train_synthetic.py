@@ -5,8 +5,9 @@ training throughput against a bare PyTorch loop measured in the same run.
 
 The trainer run is the real one (``segnext_geo.train.fit.train``: Lightning, the mmseg augmentation,
 validation every ``--val-every`` steps on 32 held-out images). The baseline is a plain loop of
-forward + cross-entropy + AdamW steps on one fixed batch, so the ratio is the cost of everything
-around the network (data pipeline, Lightning, logging). Peak RSS is that of this process.
+forward + cross-entropy + AdamW steps on one fixed batch, so the ratio (median step times, with
+``num_workers: 0``) is the cost of everything around the network (data pipeline in the main
+process, Lightning, logging). Peak RSS is that of this process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +25,10 @@ import torch
 
 
 def bare_loop_images_per_s(size: int, batch: int, steps: int) -> float:
-    """Forward + loss + backward + AdamW step on a fixed random batch: the network's own speed."""
+    """Forward + loss + backward + AdamW step on a fixed random batch: the network's own speed.
+
+    Uses the median step time (robust to other processes sharing the CPU).
+    """
     import torch.nn.functional as F
 
     from segnext_geo.models import build_model
@@ -35,15 +40,16 @@ def bare_loop_images_per_s(size: int, batch: int, steps: int) -> float:
     opt, sched = build_optimizer(model, OptimSection(lr=6e-4), ScheduleSection(iters=steps + 2, warmup_iters=1))
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 4, (batch, size, size))
-    for i in range(steps + 2):
-        if i == 2:  # two warm-up steps
-            t0 = time.perf_counter()
+    times = []
+    for _ in range(steps + 2):
+        t0 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    return steps * batch / (time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times[2:])  # two warm-up steps left out
 
 
 def main() -> None:
@@ -67,8 +73,7 @@ def main() -> None:
 
         def __init__(self) -> None:
             self.t_start = 0.0
-            self.train_s = 0.0
-            self.images = 0
+            self.steps: list[float] = []
             self.reached: tuple[float, int, float] | None = None
             self.history: list[tuple[int, float]] = []
 
@@ -79,8 +84,7 @@ def main() -> None:
             self._t = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
-            self.train_s += time.perf_counter() - self._t
-            self.images += int(batch["image"].shape[0])
+            self.steps.append(time.perf_counter() - self._t)
 
         def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.sanity_checking:
@@ -110,7 +114,7 @@ def main() -> None:
         t0 = time.perf_counter()
         train(cfg, callbacks=[watch])
         total = time.perf_counter() - t0
-    ours = watch.images / watch.train_s
+    ours = args.batch / statistics.median(watch.steps[2:])  # median step: robust to a shared CPU
     base = bare_loop_images_per_s(args.size, args.batch, steps=20)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine        : {os.cpu_count()} CPU cores, torch threads {args.threads}, torch {torch.__version__}")
@@ -126,6 +130,7 @@ def main() -> None:
         print(f"time to mIoU>={args.target:.2f}: not reached in {args.max_iters} iterations")
     print(f"whole run      : {total:.1f} s (imports excluded, validation and checkpoints included)")
     print(f"training speed : {ours:.1f} images/s (trainer) vs {base:.1f} images/s (bare loop), ratio {ours / base:.2f}")
+    print(f"step time      : median {1000 * statistics.median(watch.steps[2:]):.0f} ms (trainer), batch {args.batch}")
     print(f"peak RSS       : {rss:.0f} MiB")
     sys.stdout.flush()
 

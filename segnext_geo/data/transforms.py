@@ -158,7 +158,8 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     """``(H, W, C)`` image -> ``(C, H, W)`` float32 tensor ``(x - mean) / std`` per band."""
     if image.shape[2] != len(mean) or len(mean) != len(std):
         raise ValueError(f"image has {image.shape[2]} bands but mean/std have {len(mean)}/{len(std)} values")
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    # contiguous (C, H, W): a channels-last stride pattern here makes CPU convolutions ~10x slower
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().contiguous()
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return (t - m) / s
