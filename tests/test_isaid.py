@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
+from rasterio.transform import from_origin
 
 from segnext_geo.data.isaid import ISAID, ISAID_PALETTE, patch_windows, prepare_isaid, scan_raw_split
 from segnext_geo.data.palette import ids_to_rgb, rgb_to_ids
@@ -269,6 +271,27 @@ trainer: {{out_dir: {run}, val_interval: 2, log_interval: 1, accelerator: cpu, p
 
     model = load_model(run / "best.ckpt")
     assert model.num_classes == 16
+    # predict takes the checkpoint with no other flag (bands, normalisation and classes come from it)
+    scene = tmp_path / "scene.tif"
+    image, _ = _scene("P0007", 96, 80)
+    profile = {"driver": "GTiff", "width": 80, "height": 96, "count": 3, "dtype": "uint8", "crs": "EPSG:32633"}
+    with rasterio.open(scene, "w", transform=from_origin(500000, 5200000, 0.5, 0.5), **profile) as dst:
+        dst.write(np.moveaxis(image, -1, 0))
+    r = _cli(
+        "predict",
+        str(scene),
+        "--checkpoint",
+        str(run / "best.ckpt"),
+        "--out",
+        str(tmp_path / "classes.tif"),
+        "--tile-size",
+        "64",
+        "--overlap",
+        "16",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    with rasterio.open(tmp_path / "classes.tif") as src:
+        assert (src.height, src.width) == (96, 80) and src.read(1).max() < 16
     assert model.meta.class_names[14] == "plane"
     assert [tuple(c) for c in model.meta.palette] == list(ISAID_PALETTE)
     assert model.meta.variant == "segnext_t" and model.meta.nmf_rank == 16 and model.meta.bands == (1, 2, 3)
