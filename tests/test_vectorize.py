@@ -177,6 +177,23 @@ def test_fill_holes_absorbs_what_lies_in_them(tmp_path: Path) -> None:
     assert shapely.area(df.geometry.values).sum() == pytest.approx(shapely.union_all(df.geometry.values).area)
 
 
+def test_a_small_polygon_keeps_its_own_filled_hole(tmp_path: Path) -> None:
+    a = np.zeros((12, 12), np.uint8)
+    a[2:5, 2:5] = 1
+    a[3, 3] = 0  # an 8-px ring around a 1-px hole: filled, it is a 9-px polygon below the threshold
+    a[7:10, 7:10] = 2
+    a[8, 8] = 3  # a 1-px polygon in a 1-px hole: absorbed
+    mask = write_raster(tmp_path / "m.tif", a)
+    for simplify in (None, "0.5px"):
+        r = vectorize_raster(
+            mask, tmp_path / "o.gpkg", fill_holes_below=2000.0, simplify=simplify, overwrite=True, progress=False
+        )
+        df = gpd.read_file(r.path).sort_values("class_id")
+        assert df["class_id"].tolist() == [1, 2] and r.absorbed == 1
+        if simplify is None:
+            assert df["area_m2"].tolist() == [900.0, 900.0]
+
+
 def test_coverage_simplify_keeps_shared_edges(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     small = rng.integers(0, 3, (9, 9)).astype(np.uint8)

@@ -94,15 +94,15 @@ def fill_small_holes(geoms: GeomArray, max_area_m2: float, meter: Meter) -> tupl
 
 
 def absorbed_by(geoms: GeomArray, holes: GeomArray) -> NDArray[np.bool_]:
-    """Which of ``geoms`` lie inside one of the filled ``holes`` (both in pixel space).
+    """Which of ``geoms`` lie within one of the filled ``holes`` (both in pixel space).
 
-    Polygons of a coverage never straddle a hole's ring, so one interior point decides.
+    The whole geometry is tested, not one interior point: the polygon that owned a hole now
+    covers it, and must not count as lying in its own hole.
     """
     out = np.zeros(len(geoms), bool)
     if len(geoms) == 0 or len(holes) == 0:
         return out
-    tree = shapely.STRtree(holes)
-    hit, _ = tree.query(shapely.point_on_surface(geoms), predicate="within")
+    hit, _ = shapely.STRtree(holes).query(geoms, predicate="within")
     out[hit] = True
     return out
 
