@@ -66,8 +66,8 @@ def _write_training_scenes(root: Path, seed: int) -> None:
             write_scene(s, root / split / "images" / f"s{i}.tif", root / split / "labels" / f"s{i}.tif")
 
 
-def _steps_for_budget(seconds: float, device: str, data: Path) -> tuple[int, str]:
-    """Measure a training step of SegNeXt-T on ``BATCH`` chips, and reading those chips, and size the schedule."""
+def _steps_for_budget(seconds: float, device: str, data: Path, chip: int = CHIP, batch: int = BATCH) -> tuple[int, str]:
+    """Time a SegNeXt-T training step on ``batch`` chips and reading those chips; size the schedule to ``seconds``."""
     import torch
     import torch.nn.functional as F
 
@@ -77,8 +77,8 @@ def _steps_for_budget(seconds: float, device: str, data: Path) -> tuple[int, str
     dev = resolve_device(device)
     model = build_model("tiny", len(DEMO_CLASSES)).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(BATCH, 3, CHIP, CHIP, device=dev)
-    y = torch.randint(0, len(DEMO_CLASSES), (BATCH, CHIP, CHIP), device=dev)
+    x = torch.randn(batch, 3, chip, chip, device=dev)
+    y = torch.randint(0, len(DEMO_CLASSES), (batch, chip, chip), device=dev)
     times = []
     for _ in range(3):
         t = time.perf_counter()
@@ -92,7 +92,7 @@ def _steps_for_budget(seconds: float, device: str, data: Path) -> tuple[int, str
     step = min(times[1:])
     from .data.torchgeo import GeoTiffSource
 
-    src = GeoTiffSource(data / "train" / "images", data / "train" / "labels", CHIP, train=True, length=BATCH)
+    src = GeoTiffSource(data / "train" / "images", data / "train" / "labels", chip, train=True, length=batch)
     t = time.perf_counter()
     for key in src.epoch_keys(0, 0):
         src.load(key)
@@ -130,11 +130,13 @@ def run_demo(
     overwrite: bool = False,
     quiet: bool = False,
     steps: int | None = None,
+    chip: int = CHIP,
+    batch: int = BATCH,
 ) -> DemoResult:
     """Run the whole demo into ``out_dir`` (see the module docstring).
 
     ``minutes`` is the training budget; the number of steps is sized to it from a measured step
-    time unless ``steps`` is given.
+    time unless ``steps`` is given. Training draws ``batch`` random ``chip`` px chips per step.
     """
     from .inference import predict_scene
     from .preview import render_preview
@@ -158,9 +160,13 @@ def run_demo(
     timings["synthesise training data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    budget_steps, dev = _steps_for_budget(minutes * 60.0, device, data)
-    steps = steps or budget_steps
-    _log(f"training SegNeXt-T for {steps} steps of {BATCH} chips of {CHIP}^2 px on {dev} (~{minutes:g} min)", quiet)
+    if steps is None:
+        steps, dev = _steps_for_budget(minutes * 60.0, device, data, chip, batch)
+    else:
+        from .models.optimize import resolve_device
+
+        dev = resolve_device(device).type
+    _log(f"training SegNeXt-T for {steps} steps of {batch} chips of {chip}^2 px on {dev} (~{minutes:g} min)", quiet)
     sets = [
         "model.variant=segnext_t",
         "model.drop_path_rate=0.0",
@@ -171,16 +177,16 @@ def run_demo(
         f"data.val_labels={data / 'val' / 'labels'}",
         f"data.class_names={json.dumps(list(DEMO_CLASSES))}",
         f"data.palette={json.dumps([list(c) for c in DEMO_PALETTE])}",
-        f"data.chip_size={CHIP}",
-        f"data.crop_size=[{CHIP},{CHIP}]",
-        f"data.img_scale=[{CHIP},{CHIP}]",
+        f"data.chip_size={chip}",
+        f"data.crop_size=[{chip},{chip}]",
+        f"data.img_scale=[{chip},{chip}]",
         "data.ratio_range=[1.0,1.0]",
         "data.test_scale=null",
-        f"data.batch_size={BATCH}",
+        f"data.batch_size={batch}",
         "data.val_batch_size=4",
         "data.num_workers=0",
-        f"data.samples_per_epoch={steps * BATCH}",
-        "data.val_stride=128",
+        f"data.samples_per_epoch={steps * batch}",
+        f"data.val_stride={max(chip, 128)}",
         "optim.lr=0.0006",
         f"schedule.iters={steps}",
         f"schedule.warmup_iters={max(10, steps // 20)}",

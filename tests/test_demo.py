@@ -16,7 +16,7 @@ from segnext_geo.errors import UserError
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    r = run_demo(out, size=384, minutes=0.1, seed=1, quiet=True, steps=12)
+    r = run_demo(out, size=384, minutes=0.1, seed=1, quiet=True, steps=10, chip=64, batch=4)
     for p in (r.scene, r.truth, r.classes, r.polygons, r.preview, r.checkpoint):
         assert p.exists(), p
     with rasterio.open(r.scene) as s, rasterio.open(r.classes) as c, rasterio.open(r.truth) as t:

@@ -54,7 +54,7 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, tiny_checkpoint: Path, ca
     message = {
         "missing": "nope.tif: no such file",
         "not-a-raster": "notes.tif: not a raster GDAL can read",
-        "truncated": "bad.tif: read error at rows",
+        "truncated": "bad.tif: cannot read its last block (corrupt or truncated file?)",
         "bad-band": "--bands: band 9 does not exist",
         "no-dir": "the folder",
     }[case]
