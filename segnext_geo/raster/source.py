@@ -124,6 +124,17 @@ def _open(p: str) -> rasterio.DatasetReader:
         raise UserError(f"{p}: cannot open ({_first_line(e)})") from None
 
 
+def _probe_last_block(src: rasterio.DatasetReader, band: int, p: str) -> None:
+    """Read the bottom-right block, so a truncated file fails now, before any work, not mid-run."""
+    bh, bw = src.block_shapes[band - 1]
+    row, col = (src.height - 1) // bh * bh, (src.width - 1) // bw * bw
+    window = Window(col, row, min(bw, src.width - col), min(bh, src.height - row))
+    try:
+        src.read(band, window=window)
+    except RasterioError as e:
+        raise UserError(f"{p}: cannot read its last block (corrupt or truncated file?): {_first_line(e)}") from None
+
+
 def check_scene(path: str | Path) -> None:
     """Fail early, before a model is loaded, when ``path`` is missing or not a raster.
 
@@ -173,6 +184,7 @@ def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Seq
         dtype = dtypes.pop()
         if np.dtype(dtype).kind == "c":
             raise UserError(f"{p}: complex-valued bands are not supported")
+        _probe_last_block(src, chosen[0], p)
         gcps, gcp_crs = src.gcps
         block = src.block_shapes[chosen[0] - 1]
         return SceneInfo(
