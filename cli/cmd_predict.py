@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -64,7 +63,7 @@ def predict(
     workers: Annotated[int, typer.Option(help="Threads reading tiles while the model runs (0: none).")] = 2,
     working_set: Annotated[
         int | None,
-        typer.Option(help="Largest super-tile side in px; bounds memory (default: <= 4096, 512 MiB of accumulators)."),
+        typer.Option(help="Largest super-tile side in px; bounds memory (default: <= 4096, 256 MiB of accumulators)."),
     ] = None,
     normalization: Annotated[
         Normalization, typer.Option(help="auto: checkpoint mean/std for uint8, scene-wide 2-98% stretch otherwise.")
@@ -94,9 +93,6 @@ def predict(
     """
     from segnext_geo.inference import predict_scene
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
-    logging.getLogger("segnext_geo").addHandler(handler)
     given = {"min_area": min_area, "simplify": simplify, "connectivity": connectivity}
     vector_options = {k: v for k, v in given.items() if v is not None}
     try:

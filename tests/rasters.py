@@ -49,6 +49,16 @@ def write_tif(
     return path
 
 
+def corrupt_middle_block(path: Path) -> None:
+    """Overwrite the compressed bytes of block (1, 1) so that decoding it fails."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes(range(256)) * (size // 256) + b"\xff" * (size % 256))
+
+
 def textured(shape: tuple[int, int, int], dtype: str = "uint8", seed: int = 0) -> np.ndarray:
     """Smooth random texture ``(C, H, W)`` spanning the dtype's useful range."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from rasters import PixelLinear, pixel_meta, textured, write_tif
+from rasters import PixelLinear, corrupt_middle_block, pixel_meta, textured, write_tif
 
 from segnext_geo.errors import UserError
 from segnext_geo.inference import PredictResult, TileGrid, predict_scene
@@ -326,6 +326,25 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, options: dict[str, obje
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
+def test_read_error_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    img = textured((3, 256, 256))
+    scene = write_tif(tmp_path / "s.tif", img, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    corrupt_middle_block(scene)
+    with pytest.raises(UserError, match=r"s\.tif: read error at rows"):
+        predict_scene(
+            scene,
+            PixelLinear(3, 2),
+            tmp_path / "c.tif",
+            meta=pixel_meta(2),
+            probs_out=tmp_path / "p.tif",
+            tile_size=64,
+            overlap=16,
+            working_set=64,  # spilled partial sums exist when the error strikes
+            **FAST,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
 def test_vector_output(tmp_path: Path) -> None:
     import segnext_geo.vector as vector
 
@@ -342,3 +361,19 @@ def test_vector_output(tmp_path: Path) -> None:
     r2 = predict_scene(scene, PixelLinear(3, 3), tmp_path / "w.gpkg", **kw)  # type: ignore[arg-type]
     assert r2.mask_path is None and r2.polygons == r.polygons
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "s.tif", "v.gpkg", "w.gpkg"]
+
+
+def test_vrt_and_jp2_inputs_give_the_geotiff_result(tmp_path: Path) -> None:
+    import rasterio.shutil
+
+    img = textured((3, 96, 120), seed=13)
+    tif = write_tif(tmp_path / "s.tif", img)
+    rasterio.shutil.copy(tif, tmp_path / "s.vrt", driver="VRT")
+    rasterio.shutil.copy(tif, tmp_path / "s.jp2", driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100")
+    kw = {"meta": pixel_meta(3), "tile_size": 64, "overlap": 16, **FAST}
+    want = _read(predict_scene(tif, PixelLinear(3, 3), tmp_path / "a.tif", **kw).out)  # type: ignore[arg-type]
+    for src in ("s.vrt", "s.jp2"):
+        r = predict_scene(tmp_path / src, PixelLinear(3, 3), tmp_path / f"{src}.tif", **kw)  # type: ignore[arg-type]
+        assert (_read(r.out) == want).all()
+        with rasterio.open(r.out) as b, rasterio.open(tif) as a:
+            assert b.crs == a.crs and b.transform.almost_equals(a.transform)

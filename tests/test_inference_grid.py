@@ -60,7 +60,7 @@ def test_working_set_does_not_grow_with_the_scene() -> None:
     huge = TileGrid(100_000, 100_000, 1024, 256, 2560)
     assert huge.max_extent == mid.max_extent == (2560, 2560)
     assert len(huge) == 130 * 130  # ceil((100000 - 1024) / 768) + 1 per axis
-    assert auto_working_set(16) == 2730 and auto_working_set(2) == 4096
+    assert auto_working_set(16) == 1930 and auto_working_set(2) == 4096
     assert auto_working_set(150) >= 64
 
 

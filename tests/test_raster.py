@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
-from rasters import textured, write_tif
+from rasters import corrupt_middle_block, textured, write_tif
 
 from segnext_geo.errors import UserError
 from segnext_geo.raster import (
@@ -205,3 +205,16 @@ def test_probability_raster_keeps_its_mask(tmp_path: Path) -> None:
     w.finish()
     with rasterio.open(out) as src:
         assert src.count == 3 and (src.read_masks(1) > 0).tolist() == valid.tolist()
+
+
+def test_corrupt_block_read_is_a_one_line_error(tmp_path: Path) -> None:
+    path = write_tif(
+        tmp_path / "c.tif", textured((3, 256, 256)), tiled=True, blockxsize=64, blockysize=64, compress="deflate"
+    )
+    corrupt_middle_block(path)
+    with SceneSource(open_scene(path, None, (1, 2, 3), 3)) as src:  # header and last block are fine
+        src.read(Window(128, 128, 64, 64))
+        with pytest.raises(UserError) as err:
+            src.read(Window(32, 32, 64, 64))
+    assert "c.tif: read error at rows 32-96, cols 32-96 (corrupt or truncated file?)" in str(err.value)
+    assert "\n" not in str(err.value)

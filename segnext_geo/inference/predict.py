@@ -49,7 +49,7 @@ log = logging.getLogger("segnext_geo.inference")
 RASTER_SUFFIXES = (".tif", ".tiff")
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".fgb", ".geojson", ".shp")
 #: Accumulator budget used to pick the default super-tile side.
-WORKING_SET_BYTES = 512 * 2**20
+WORKING_SET_BYTES = 256 * 2**20
 MAX_SUPERTILE = 4096
 #: GDAL block cache while predicting (reads of the scene, writes of the outputs).
 GDAL_CACHE_BYTES = 64 * 2**20
@@ -212,7 +212,7 @@ def predict_scene(
         overwrite: replace existing outputs.
         progress: a tqdm bar over tiles on stderr.
         working_set: largest super-tile side in px (bounds the accumulators); default: the largest
-            <= 4096 whose accumulators fit in 512 MiB.
+            <= 4096 whose accumulators fit in 256 MiB.
         mask_out: with a vector ``out``, keep the class raster here (else it is temporary).
         vector_options: extra keyword options of ``vectorize_raster`` (``min_area``, ``simplify``, ...).
         meta: model metadata for a plain ``nn.Module`` (defaults to ``model.meta``).
@@ -441,15 +441,10 @@ def _stream(
         def run(batch: list[TileData]) -> None:
             nonlocal current, skipped
             images = [td.image for td in batch if td.image is not None]
-            probs = runner(runner.collate(images)) if images else None
-            j = 0
+            probs = runner(images) if images else iter(())
             for td in batch:
-                p = None
-                if td.image is not None:
-                    assert probs is not None
-                    p, j = probs[j], j + 1
-                else:
-                    skipped += 1
+                p = next(probs) if td.image is not None else None
+                skipped += p is None
                 if td.tile.supertile != current:
                     if current >= 0:
                         finish_core()

@@ -10,6 +10,7 @@ itself), and the softmax is taken in fp32.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
@@ -34,8 +35,14 @@ def pick_device(device: str | torch.device) -> torch.device:
         raise UserError(str(e)) from None
 
 
+def _softmax_(logits: Tensor) -> Tensor:
+    """Softmax over dim 1 of ``(N, K, H, W)``, in place (no second full-size buffer, no page faults)."""
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
 class TileRunner:
-    """``runner(x)``: ``(N, C, H, W)`` normalised float32 (CPU) -> ``(N, K, H, W)`` float32 probabilities on ``device``.
+    """``runner(images)``: N normalised ``(C, H, W)`` float32 CPU tiles -> N ``(K, H, W)`` probabilities on ``device``.
 
     Args:
         model: any eval-mode module mapping ``(N, C, H, W)`` to logits ``(N, K, H, W)``; it is
@@ -59,6 +66,7 @@ class TileRunner:
         else:
             self.amp_dtype = None
         self.model = model
+        self.per_image = not self.cuda and bool(getattr(model, "batch_invariant", False))
 
     def collate(self, images: list[Tensor]) -> Tensor:
         """Stack ``(C, H, W)`` tiles into a batch ``(N, C, H, W)`` (in pinned memory on CUDA)."""
@@ -89,11 +97,11 @@ class TileRunner:
             raise UserError(
                 f"--checkpoint: the model returned {logits.shape[1]} classes but its metadata names {self.num_classes}"
             )
-        return torch.softmax(logits.float(), dim=1)
+        return _softmax_(logits.float())
 
     @torch.inference_mode()
-    def __call__(self, x: Tensor) -> Tensor:
-        x = self.to_device(x)
+    def _probabilities(self, x: Tensor) -> Tensor:
+        """Softmax of the model (averaged over the TTA transforms): ``(n, C, H, W) -> (n, K, H, W)``."""
         out: Tensor | None = None
         for fwd, inv in self.transforms:
             p = inv(self._forward(fwd(x)))
@@ -102,3 +110,16 @@ class TileRunner:
         if len(self.transforms) > 1:
             out.div_(len(self.transforms))
         return out
+
+    def __call__(self, images: list[Tensor]) -> Iterator[Tensor]:
+        """Yield the ``(K, H, W)`` float32 probabilities of each ``(C, H, W)`` image, in order.
+
+        A model that runs batches image by image anyway (SegNeXt in eval on the CPU) is fed one
+        image at a time, so only one image's logits exist at once and no batch is stacked; other
+        models get the whole batch in one call.
+        """
+        if self.per_image:
+            for image in images:
+                yield self._probabilities(image[None])[0]
+        else:
+            yield from self._probabilities(self.to_device(self.collate(images)))

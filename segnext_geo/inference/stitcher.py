@@ -79,7 +79,7 @@ class PartialStore:
     def put(self, target: int, rect: Rect, data: Tensor, spill: bool) -> None:
         if spill:
             path = self._folder() / f"partial-{next(self._count)}.npy"
-            array = data.cpu().numpy()
+            array = data.to("cpu", copy=True).contiguous().numpy()  # a copy: the accumulator buffer is reused
             self.spilled_bytes += array.nbytes
             self._items.setdefault(target, []).append((rect, (path, self._submit(np.save, path, array))))
         else:
@@ -138,13 +138,17 @@ class Stitcher:
         self.st: SuperTile | None = None
         self.acc: Tensor | None = None
         self.valid: Tensor | None = None
+        # one buffer for every super-tile: zeroing it is ~10x cheaper than faulting in fresh pages
+        h, w = grid.max_extent
+        self._acc_buffer = torch.empty((self.k + 1, h, w), dtype=torch.float32, device=device)
+        self._valid_buffer = torch.empty((h, w), dtype=torch.bool, device=device)
 
     def start(self, st: SuperTile) -> None:
-        """Allocate the accumulators of ``st`` and add the partial sums left for it."""
+        """Clear the accumulators for ``st`` and add the partial sums left for it."""
         e = st.extent
         self.st = st
-        self.acc = torch.zeros((self.k + 1, e.height, e.width), dtype=torch.float32, device=self.device)
-        self.valid = torch.zeros((e.height, e.width), dtype=torch.bool, device=self.device)
+        self.acc = self._acc_buffer[:, : e.height, : e.width].zero_()
+        self.valid = self._valid_buffer[: e.height, : e.width].zero_()
         for rect, data in self.partials.take(st.index, self.device):
             y0, x0 = rect.y0 - e.y0, rect.x0 - e.x0
             self.acc[:, y0 : y0 + rect.height, x0 : x0 + rect.width].add_(data)
