@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 from collections import deque
@@ -31,7 +29,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import ModelMeta, load_model
-from ..outputs import atomic_output, check_output
+from ..outputs import atomic_output, check_output, sigterm_as_interrupt
 from ..raster.normalize import NormalizationMethod, compute_normalization
 from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene, parse_bands
 from ..raster.writer import RasterSpec, StreamedGeoTIFF, class_colormap, json_tag
@@ -107,23 +105,6 @@ def _vectorizer(out: Path) -> Callable[..., Any]:
             "write a .tif class raster instead"
         ) from None
     return vectorize_raster  # type: ignore[no-any-return]
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt (main thread only) so cleanup runs on ``kill``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -297,7 +278,7 @@ def predict_scene(
             raster_path = out_path.with_name(f".{out_path.stem}.mask-{os.getpid()}.tif")
             temp_mask = True
     try:
-        with _sigterm_as_interrupt(), _quiet_rasterio(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        with sigterm_as_interrupt(), _quiet_rasterio(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             pixels, skipped = _stream(
                 info,
                 model,

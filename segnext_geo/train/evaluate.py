@@ -99,15 +99,12 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..models.optimize import resolve_device
+
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return dev
+        return resolve_device(device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def evaluate(

@@ -20,13 +20,10 @@ simplified as a whole).
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..outputs import atomic_output, check_output
+from ..outputs import atomic_output, check_output, sigterm_as_interrupt
 from .attributes import GeomArray, Meter
 from .parts import Parts
 from .polygonize import BlockGrid, PolygonizeJob
@@ -80,23 +77,6 @@ class VectorizeResult:
     dropped_small: int = 0
     absorbed: int = 0
     max_open: int = 0
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt (main thread only) so ``kill`` cleans up like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_options(
@@ -207,7 +187,7 @@ def vectorize_raster(
         if meter.kind != "none"
         else "raster units (no CRS; pixels for an identity transform): coordinates, area_m2, perimeter_m"
     )
-    with _sigterm_as_interrupt(), atomic_output(out_path, overwrite) as tmp:
+    with sigterm_as_interrupt(), atomic_output(out_path, overwrite) as tmp:
         writer = FeatureWriter(
             tmp,
             driver=driver,
