@@ -38,6 +38,9 @@ def _setup_logging() -> None:
         handler = _WarningHandler(logging.WARNING)
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
+        # GDAL messages reach Python logging through rasterio; errors also raise and are reported
+        # once as "error: ...", so keep logging's last-resort handler from printing them raw.
+        logging.getLogger("rasterio").addHandler(logging.NullHandler())
 
 
 @app.callback()

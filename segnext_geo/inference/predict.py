@@ -9,9 +9,11 @@ paths only when complete (temporary file + rename; Ctrl-C and SIGTERM leave noth
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections import deque
@@ -24,7 +26,7 @@ from typing import Any
 
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch import nn
 
 from ..errors import UserError
@@ -108,6 +110,24 @@ def _vectorizer(out: Path) -> Callable[..., Any]:
 
 
 @contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    """Turn a failed write (a full or read-only disk) into one clear line naming the output folder."""
+    try:
+        yield
+    except (RasterioIOError, OSError) as e:
+        folder = target.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if isinstance(e, OSError) and e.errno == errno.EROFS:
+            raise UserError(f"--out: {folder}: the file system is read-only") from None
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (free is not None and free < 16 * 2**20):
+            raise UserError(f"--out: {folder}: no space left on the device (writing {target.name} failed)") from None
+        raise
+
+
+@contextmanager
 def _quiet_rasterio() -> Iterator[None]:
     """Silence rasterio's NotGeoreferencedWarning: a scene without a CRS gets one clear warning instead."""
     with warnings.catch_warnings():
@@ -141,9 +161,12 @@ class _Writer:
 def _write_core(classes_out: StreamedGeoTIFF, probs_out: StreamedGeoTIFF | None, core: FinishedCore) -> None:
     classes, probs, valid = core.numpy()
     window = core.rect.window()
-    classes_out.write(classes[None], window)
-    if probs_out is not None and probs is not None:
-        probs_out.write(probs, window, valid)
+    # rasterio's GDAL error handler is per thread: without an Env here, GDAL would print raw
+    # messages ("_tiffWriteProc: No space left on device.") to stderr besides the exception
+    with rasterio.Env():
+        classes_out.write(classes[None], window)
+        if probs_out is not None and probs is not None:
+            probs_out.write(probs, window, valid)
 
 
 def predict_scene(
@@ -278,7 +301,12 @@ def predict_scene(
             raster_path = out_path.with_name(f".{out_path.stem}.mask-{os.getpid()}.tif")
             temp_mask = True
     try:
-        with sigterm_as_interrupt(), _quiet_rasterio(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        with (
+            sigterm_as_interrupt(),
+            _quiet_rasterio(),
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+            _write_errors(raster_path),
+        ):
             pixels, skipped = _stream(
                 info,
                 model,
