@@ -101,6 +101,14 @@ def test_output_is_byte_identical_across_batch_sizes_workers_and_runs(tmp_path: 
         predict_scene(scene, segnext, c, probs_out=p, tile_size=64, overlap=16, batch_size=bs, workers=wk, **FAST)
         digests.add((c.read_bytes(), p.read_bytes()))
     assert len(digests) == 1
+    # a model that takes whole batches (not image by image) too
+    pixel = set()
+    for i, (bs, wk) in enumerate([(1, 0), (7, 2)]):
+        c = tmp_path / f"x{i}.tif"
+        kw = {"tile_size": 64, "overlap": 16, "batch_size": bs, "workers": wk, **FAST}
+        predict_scene(scene, PixelLinear(3, 4), c, meta=pixel_meta(4), probs_out=tmp_path / f"xp{i}.tif", **kw)  # type: ignore[arg-type]
+        pixel.add((c.read_bytes(), (tmp_path / f"xp{i}.tif").read_bytes()))
+    assert len(pixel) == 1
 
 
 def test_working_set_size_does_not_change_the_classes(tmp_path: Path, segnext: torch.nn.Module) -> None:

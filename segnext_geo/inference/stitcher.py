@@ -206,8 +206,10 @@ class Stitcher:
 
 def _to_host(rect: Rect, classes: Tensor, probs: Tensor | None, valid: Tensor, n_valid: int) -> FinishedCore:
     """Start copying the results to (pinned) host memory; ``ready`` waits for the copies."""
-    if classes.device.type != "cuda":
+    if classes.device.type == "cpu":
         return FinishedCore(rect, classes, probs, valid, n_valid)
+    if classes.device.type != "cuda":  # e.g. mps: plain synchronous copies
+        return FinishedCore(rect, classes.cpu(), None if probs is None else probs.cpu(), valid.cpu(), n_valid)
 
     def host(t: Tensor) -> Tensor:
         out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
