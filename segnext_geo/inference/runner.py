@@ -1,7 +1,10 @@
 """Batched forward passes that return softmax probabilities, on CPU or CUDA.
 
-On CPU the model runs as it is, in fp32, contiguous NCHW: channels_last would switch
-GroupNorm to a kernel whose results depend on the batch size, and bf16 changes results.
+A SegNeXt runs with BatchNorm and layer scales folded into its convs (``fuse_for_inference``,
+exact to float rounding). On CPU it runs in fp32 and channels_last (about 1.4x faster than NCHW,
+``benchmarks/model_speed.py``), image by image, so GroupNorm's batch-size-dependent channels_last
+kernel never sees a batch; other models run as they are, in contiguous NCHW. bf16 would change
+results on CPU and is not used there.
 
 On CUDA the batch is copied from pinned memory with ``non_blocking=True``, the model runs in
 channels_last under bf16 autocast (fp16 where bf16 is unsupported; SegNeXt's NMF forces fp32
@@ -17,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..models.fuse import fuse_for_inference
 from ..models.optimize import resolve_device
+from ..models.segnext import SegNeXt
 from .tta import TTAMode, tta_transforms
 
 __all__ = ["TileRunner", "pick_device"]
@@ -57,9 +62,15 @@ class TileRunner:
         self.num_classes = int(num_classes)
         self.transforms = tta_transforms(tta)
         self.cuda = device.type == "cuda"
-        model = model.eval().to(device)
-        if self.cuda:
+        model = model.eval()
+        self.channels_last = self.cuda
+        if isinstance(model, SegNeXt):
+            model = fuse_for_inference(model)
+            self.channels_last = self.cuda or model.batch_invariant
+        model = model.to(device)
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.cuda:
             self.amp_dtype: torch.dtype | None = (
                 torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
             )
@@ -86,6 +97,8 @@ class TileRunner:
 
     def _forward(self, x: Tensor) -> Tensor:
         ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with ctx:
             logits = self.model(x)
         if logits.ndim != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
