@@ -25,7 +25,8 @@ def preview(
 
     Example: segnext-geo preview scene.tif --polygons polygons.gpkg --out preview.png
     """
-    from segnext_geo.preview import parse_bands, render_preview
+    from segnext_geo.preview import render_preview
+    from segnext_geo.raster.source import parse_bands
 
     path = render_preview(
         scene,

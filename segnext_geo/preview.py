@@ -16,20 +16,7 @@ import numpy as np
 from .errors import UserError
 from .models.meta import default_palette
 
-__all__ = ["parse_bands", "render_preview"]
-
-
-def parse_bands(text: str | None, option: str = "--bands") -> list[int] | None:
-    """``"4,3,2"`` -> ``[4, 3, 2]`` (1-based band indexes); ``None`` stays ``None``."""
-    if text is None or not text.strip():
-        return None
-    try:
-        bands = [int(b) for b in text.split(",")]
-    except ValueError:
-        raise UserError(f"{option}: {text!r} is not a comma-separated list of band numbers (e.g. 4,3,2)") from None
-    if any(b < 1 for b in bands):
-        raise UserError(f"{option}: {text!r}: band numbers start at 1")
-    return bands
+__all__ = ["render_preview"]
 
 
 def _read_rgb(src: object, bands: Sequence[int], shape: tuple[int, int]) -> np.ndarray:

@@ -18,6 +18,7 @@ pixels are filled later, after normalisation.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from ..errors import UserError
@@ -109,7 +110,9 @@ def _mask_kind(src: rasterio.DatasetReader, bands: Sequence[int]) -> MaskKind:
     return "none"
 
 
-def _open(p: str) -> rasterio.DatasetReader:
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open any raster GDAL reads, or raise one clear line: missing, a directory, or unreadable."""
+    p = str(path)
     if _is_local(p):
         fp = Path(p)
         if not fp.exists():
@@ -117,7 +120,9 @@ def _open(p: str) -> rasterio.DatasetReader:
         if fp.is_dir():
             raise UserError(f"{p}: is a directory, not a raster")
     try:
-        return rasterio.open(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
     except RasterioIOError as e:
         raise UserError(f"{p}: not a raster GDAL can read ({_first_line(e)})") from None
     except RasterioError as e:
@@ -141,7 +146,7 @@ def check_scene(path: str | Path) -> None:
     Raises:
         UserError: missing file, a directory, or a file GDAL cannot open.
     """
-    _open(str(path)).close()
+    open_raster(path).close()
 
 
 def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Sequence[int], needed: int) -> SceneInfo:
@@ -158,7 +163,7 @@ def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Seq
             or the model.
     """
     p = str(path)
-    src = _open(p)
+    src = open_raster(p)
     with src:
         if src.count < 1 or src.width < 1 or src.height < 1:
             raise UserError(f"{p}: has no pixels or no bands")

@@ -8,7 +8,6 @@ before any block is processed. The block readers live in :mod:`.polygonize`.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
 from ..errors import UserError
+from ..raster.source import open_raster
 
 __all__ = ["MaskSource", "ProbsSource", "class_name_lookup", "open_mask", "open_probs"]
 
@@ -67,29 +66,6 @@ class ProbsSource:
         return self.count > 1
 
 
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text or type(e).__name__)[:200]
-
-
-def _open(path: str | Path) -> rasterio.DatasetReader:
-    p = str(path)
-    if "://" not in p and not p.startswith("/vsi"):
-        fp = Path(p)
-        if not fp.exists():
-            raise UserError(f"{p}: no such file")
-        if fp.is_dir():
-            raise UserError(f"{p}: is a directory, not a raster")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
-    except RasterioIOError as e:
-        raise UserError(f"{p}: not a raster GDAL can read ({_first_line(e)})") from None
-    except RasterioError as e:
-        raise UserError(f"{p}: cannot open ({_first_line(e)})") from None
-
-
 def _tag_class_names(src: rasterio.DatasetReader) -> tuple[tuple[str, ...] | None, str | None]:
     """The JSON list in the ``class_names`` tag (dataset or band 1), and a note if it is unreadable."""
     tag = src.tags().get("class_names") or src.tags(1).get("class_names")
@@ -112,7 +88,7 @@ def open_mask(path: str | Path) -> MaskSource:
             a probability raster given by mistake).
     """
     p = str(path)
-    src = _open(p)
+    src = open_raster(p)
     with src:
         if src.count != 1:
             raise UserError(f"{p}: expected a single-band class raster, got {src.count} bands")
@@ -174,7 +150,7 @@ def open_probs(path: str | Path, mask: MaskSource, class_names: Sequence[str] | 
             that does not match the classes.
     """
     p = str(path)
-    src = _open(p)
+    src = open_raster(p)
     with src:
         if (src.width, src.height) != (mask.width, mask.height):
             raise UserError(
