@@ -354,15 +354,8 @@ def test_read_error_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_vector_output(tmp_path: Path) -> None:
-    import segnext_geo.vector as vector
-
     scene = write_tif(tmp_path / "s.tif", textured((3, 64, 80)))
     kw = {"meta": pixel_meta(3), "tile_size": 64, "overlap": 16, **FAST}
-    if not hasattr(vector, "vectorize_raster"):
-        with pytest.raises(UserError, match="vector output is not available yet"):
-            predict_scene(scene, PixelLinear(3, 3), tmp_path / "v.gpkg", **kw)  # type: ignore[arg-type]
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
-        return
     r = predict_scene(scene, PixelLinear(3, 3), tmp_path / "v.gpkg", mask_out=tmp_path / "m.tif", **kw)  # type: ignore[arg-type]
     assert r.out.exists() and r.mask_path == tmp_path / "m.tif" and r.mask_path.exists()
     assert r.polygons is not None and r.polygons > 0

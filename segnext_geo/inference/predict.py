@@ -99,14 +99,10 @@ def _resolve_model(model_or_checkpoint: nn.Module | str | Path, meta: ModelMeta 
 
 
 def _vectorizer(out: Path) -> Callable[..., Any]:
-    try:
-        from ..vector import vectorize_raster  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError(
-            f"--out: {out}: vector output is not available yet (segnext_geo.vector.vectorize_raster is missing); "
-            "write a .tif class raster instead"
-        ) from None
-    return vectorize_raster  # type: ignore[no-any-return]
+    """The vectorizer for a vector ``out`` (imported lazily: it pulls in shapely and pyogrio)."""
+    from ..vector import vectorize_raster
+
+    return vectorize_raster
 
 
 @contextmanager
