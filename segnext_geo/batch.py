@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,9 +197,11 @@ def _worker_device(requested: str) -> str:
         from distributed import get_worker
 
         name = str(get_worker().name)
-        index = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else abs(hash(name))
     except (ImportError, ValueError):
-        index = 0
+        name = "0"
+    tail = name.rsplit("-", 1)[-1]
+    # a stable index: Python's hash() of a string differs between worker processes
+    index = int(tail) if tail.isdigit() else zlib.crc32(name.encode())
     return f"cuda:{index % n}"
 
 
@@ -429,7 +432,6 @@ def _submit_all(
             ckpt,
             opts,
             threads,
-            key=f"scene-{abs(hash((str(job.path), time.time_ns())))}",
             retries=retries,
             pure=False,
             resources={"GPU": gpus} if gpus else None,

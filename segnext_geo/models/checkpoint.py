@@ -281,7 +281,7 @@ def inspect_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
 
 def load_model(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     variant: str | None = None,
     num_classes: int | None = None,
     **options: Any,
@@ -291,13 +291,14 @@ def load_model(
     The variant and the number of classes are inferred from tensor shapes when
     not given. The NMF rank defaults to the family's convention (official: 64 for
     B/L; mmseg 1.x: 16; own files: as recorded) and ``nmf_rank=`` overrides it.
-    Other ``options`` are passed to :func:`build_model`.
+    Other ``options`` are passed to :func:`build_model`. ``checkpoint`` may also be what
+    :func:`inspect_checkpoint` returned, so a file is read only once.
 
     Raises:
         CheckpointError: unreadable file, unknown layout, or keys that do not fit
             (every missing, unexpected or mismatched key is named).
     """
-    ck = inspect_checkpoint(checkpoint)
+    ck = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else inspect_checkpoint(checkpoint)
     p, sd, meta = ck.path, ck.state_dict, ck.meta
     v = (
         canonical_variant(variant)
@@ -350,7 +351,7 @@ def load_model(
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """Summary of a checkpoint: family, variant, classes, parameter count, NMF rank, bands."""
     ck = inspect_checkpoint(path)
-    model = load_model(path, num_classes=150 if ck.family == "mscan-imagenet" else None)
+    model = load_model(ck, num_classes=150 if ck.family == "mscan-imagenet" else None)
     backbone = sum(p.numel() for p in model.backbone.parameters())
     return {
         "path": str(ck.path),
