@@ -9,7 +9,7 @@ demo:
 	@V=$$(scripts/bootstrap.sh) && $$V/bin/segnext-geo demo --out-dir demo --overwrite
 
 test:
-	@V=$$(scripts/bootstrap.sh) && $$V/bin/ruff check . && $$V/bin/ruff format --check . && \
+	@V=$$(scripts/bootstrap.sh) && $$V/bin/ruff check . && $$V/bin/ruff format --check . && $$V/bin/mypy && \
 	  { $$V/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc; }
 
 lint:

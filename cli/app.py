@@ -106,15 +106,16 @@ def main() -> None:
         sys.exit(e.exit_code)
     except Exception as e:
         # click usage errors (typer may vendor its own click, so match by shape)
-        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+        code = getattr(e, "exit_code", None)
+        if hasattr(e, "format_message") and isinstance(code, int):
             typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
-            sys.exit(e.exit_code)
+            sys.exit(code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":
     # run through the canonical module, whose ``app`` the cmd_* modules register on
-    from segnext_geo.cli.app import main as _main
+    from segnext_geo.cli.app import main as _main  # type: ignore[import-not-found,unused-ignore]
 
     _main()

@@ -31,37 +31,41 @@ find_python() {
 }
 
 PY="$(find_python)" || { echo "error: segnext-geo needs Python >= 3.12 (torchgeo 0.10 requires it); none found on PATH or in pyenv" >&2; exit 1; }
-HASH="$( (cat "$ROOT/pyproject.toml" "$ROOT/scripts/bootstrap.sh"; "$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)"
-DEPS="$CACHE/deps-$HASH"
-
-if [ ! -f "$DEPS/.complete" ]; then
-    log "creating dependency venv $DEPS with $PY (first run: a few minutes)"
-    rm -rf "$DEPS"; mkdir -p "$CACHE"
-    "$PY" -m venv "$DEPS"
-    "$DEPS/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    REQS="$("$DEPS/bin/python" - "$ROOT/pyproject.toml" <<'PYEOF'
+# the requirements (dependencies + the dev and onnx extras), one per line
+REQS="$("$PY" - "$ROOT/pyproject.toml" <<'PYEOF'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 reqs = list(p["dependencies"]) + [r for extra in ("dev", "onnx") for r in p["optional-dependencies"][extra]]
 print("\n".join(reqs))
 PYEOF
 )"
+# keyed on what is installed and how (not on the rest of pyproject.toml, so a new subpackage reuses it)
+HASH="$( (printf '%s\n' "$REQS"; sed -n '/^# --- install ---$/,/^# --- end install ---$/p' "${BASH_SOURCE[0]}"; "$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)"
+DEPS="$CACHE/deps-$HASH"
+
+# --- install ---
+if [ ! -f "$DEPS/.complete" ]; then
+    log "creating dependency venv $DEPS with $PY (first run: a few minutes)"
+    rm -rf "$DEPS"; mkdir -p "$CACHE"
+    "$PY" -m venv "$DEPS"
+    "$DEPS/bin/python" -m pip install -q --upgrade pip setuptools wheel
     printf '%s\n' "$REQS" > "$DEPS/requirements.txt"
     "$DEPS/bin/python" -m pip install -q -r "$DEPS/requirements.txt"
     touch "$DEPS/.complete"
-    # keep the two newest dependency venvs
-    ls -1dt "$CACHE"/deps-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+    # keep the three newest dependency venvs
+    ls -1dt "$CACHE"/deps-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
 fi
+# --- end install ---
 
 VENV="$ROOT/.venv"
 SITE_DEPS="$("$DEPS/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.deps" 2>/dev/null)" != "$DEPS" ]; then
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.deps" 2>/dev/null)" != "$DEPS" ] || [ ! -e "$VENV/bin/mypy" ]; then
     rm -rf "$VENV"
     "$DEPS/bin/python" -m venv --without-pip "$VENV"
     SITE_VENV="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     echo "$SITE_DEPS" > "$SITE_VENV/_segnext_geo_deps.pth"
     echo "$DEPS" > "$VENV/.deps"
-    for tool in ruff pytest; do ln -sf "$DEPS/bin/$tool" "$VENV/bin/$tool"; done
+    for tool in ruff pytest mypy; do ln -sf "$DEPS/bin/$tool" "$VENV/bin/$tool"; done
 fi
 if ! "$VENV/bin/python" -c 'import segnext_geo.cli, sys; sys.exit(0)' >/dev/null 2>&1 || [ ! -x "$VENV/bin/segnext-geo" ] \
     || [ "$ROOT/pyproject.toml" -nt "$VENV/.installed" ]; then

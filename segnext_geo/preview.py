@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,12 @@ from .models.meta import default_palette
 __all__ = ["render_preview"]
 
 
-def _read_rgb(src: object, bands: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+def _rgb01(colour: Sequence[int]) -> tuple[float, float, float]:
+    """An 8-bit RGB colour as matplotlib's 0-1 floats."""
+    return (colour[0] / 255, colour[1] / 255, colour[2] / 255)
+
+
+def _read_rgb(src: Any, bands: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
     """(H', W', 3) float in [0, 1]: one 1-99 % stretch for all bands (keeps colours), nodata black."""
     from rasterio.enums import Resampling
 
@@ -150,6 +156,7 @@ def render_preview(
                     names[int(cid)] = str(part["class_name"].iloc[0])
         ax.set_title(f"{scene.name}: {len(gdf)} polygons")
     else:
+        assert mask is not None
         ax.imshow(_class_image(Path(mask), shape, colours), extent=extent, interpolation="nearest")
         ax.set_title(f"{scene.name}: predicted classes")
     if truth:
@@ -166,7 +173,7 @@ def render_preview(
         a.set_ylim(h, 0)
         a.set_axis_off()
     handles = [
-        Patch(facecolor=np.asarray(colours[c]) / 255, label=names[c] if c < len(names) and names[c] else f"class {c}")
+        Patch(facecolor=_rgb01(colours[c]), label=names[c] if c < len(names) and names[c] else f"class {c}")
         for c in sorted(present)
     ]
     if handles:

@@ -111,8 +111,8 @@ def synthesize(size: int | tuple[int, int] = 1024, seed: int = 0, nodata_corners
     # imagery: class colour + textures + illumination
     image = np.zeros((3, h, w), np.float32)
     base = np.array([_BASE_RGB[c] for c in range(6)], np.float32)  # (6, 3)
-    for band in range(3):
-        image[band] = base[truth, band]
+    for b in range(3):
+        image[b] = base[truth, b]
     tex_fine = _noise(rng, h, w, 3)
     tex_coarse = _noise(rng, h, w, 48)
     image += 14 * tex_fine[None] + 10 * tex_coarse[None]

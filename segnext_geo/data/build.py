@@ -103,7 +103,8 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
                 sources[role] = SyntheticShapes(split, counts.get(split, counts[role]), **common)
         except ValueError as e:
             raise UserError(f"data.options: {e}") from None
-        classes = next(iter(sources.values())).classes if sources else SyntheticShapes(**common).classes
+        first = next(iter(sources.values()), None)
+        classes = first.classes if isinstance(first, SyntheticShapes) else SyntheticShapes(**common).classes
     elif name == "geotiff":
         from .torchgeo import GeoTiffSource
 

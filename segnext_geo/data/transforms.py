@@ -186,8 +186,9 @@ class TrainPipeline:
             lo, hi = self.ratio_range
             ratio = rng.random() * (hi - lo) + lo
             scale = (int(scale[0] * ratio), int(scale[1] * ratio))
-        image, label = resize(image, label, rescale_size(image.shape[0], image.shape[1], scale))
-        assert label is not None
+        image, resized = resize(image, label, rescale_size(image.shape[0], image.shape[1], scale))
+        assert resized is not None
+        label = resized
         image, label = random_crop(image, label, self.crop_size, rng, self.cat_max_ratio, self.ignore_index)
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]

@@ -352,7 +352,7 @@ def predict_scene(
 
 
 def _specs(info: SceneInfo, meta: ModelMeta, provenance: str, probs_mode: ProbsMode) -> tuple[RasterSpec, RasterSpec]:
-    base = {"width": info.width, "height": info.height, "crs": info.crs, "transform": info.transform}
+    base: dict[str, Any] = {"width": info.width, "height": info.height, "crs": info.crs, "transform": info.transform}
     base |= {"gcps": info.gcps, "gcp_crs": info.gcp_crs}
     names = json_tag(list(meta.class_names))
     classes = RasterSpec(

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 META_KEY = "segnext_geo"
-_DEPTHS = {cfg.depths: name for name, cfg in MSCAN_CONFIGS.items()}
+_DEPTHS: dict[tuple[int, ...], str] = {tuple(cfg.depths): name for name, cfg in MSCAN_CONFIGS.items()}
 
 
 class CheckpointError(UserError, ValueError):
@@ -107,7 +107,7 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # extra Python objects in the metadata: fall back to the stubbing unpickler
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SafePickleModule)  # type: ignore[arg-type]
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SafePickleModule)
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -240,7 +240,8 @@ def _mmseg_dataset_meta(container: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
         return {}
     out: dict[str, Any] = {}
-    ds = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    dm = meta.get("dataset_meta")
+    ds: Mapping[str, Any] = dm if isinstance(dm, Mapping) else {}
     classes = ds.get("classes") or meta.get("CLASSES")
     palette = ds.get("palette") or meta.get("PALETTE")
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):

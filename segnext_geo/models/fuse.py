@@ -14,6 +14,7 @@ The GroupNorms of the decoder depend on the data and stay as they are.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,9 @@ def _scale_out(conv: nn.Conv2d, s: Tensor) -> nn.Conv2d:
 class FusedBlock(nn.Module):
     """An :class:`MSCABlock` with BN and layer scale folded away (eval only). ``(N,C,H,W)`` in and out."""
 
+    skip_scale: Tensor
+    skip_shift: Tensor
+
     def __init__(self, block: MSCABlock) -> None:
         super().__init__()
         a1, b1 = _bn_affine(block.norm1)
@@ -91,7 +95,9 @@ class _FusedStem(nn.Module):
     def __init__(self, stem: StemConv) -> None:
         super().__init__()
         p = stem.proj
-        self.proj = nn.Sequential(_fold_bn_after(p[0], p[1]), nn.GELU(), _fold_bn_after(p[3], p[4]))
+        convs = cast(list[nn.Conv2d], [p[0], p[3]])
+        norms = cast(list[nn.BatchNorm2d], [p[1], p[4]])
+        self.proj = nn.Sequential(_fold_bn_after(convs[0], norms[0]), nn.GELU(), _fold_bn_after(convs[1], norms[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
@@ -106,14 +112,14 @@ def fuse_for_inference(model: SegNeXt) -> SegNeXt:
     """
     fused = copy.deepcopy(model).eval()
     bb = fused.backbone
-    bb.patch_embed1 = _FusedStem(bb.patch_embed1)  # type: ignore[assignment]
+    bb.patch_embed1 = _FusedStem(cast(StemConv, bb.patch_embed1))
     for i in range(2, 5):
         pe: OverlapPatchEmbed = getattr(bb, f"patch_embed{i}")
         setattr(bb, f"patch_embed{i}", _fold_bn_after(pe.proj, pe.norm))
     for i in range(1, 5):
         blocks: nn.ModuleList = getattr(bb, f"block{i}")
         for j, blk in enumerate(blocks):
-            blocks[j] = FusedBlock(blk)
+            blocks[j] = FusedBlock(cast(MSCABlock, blk))
     for p in fused.parameters():
         p.requires_grad_(False)
     return fused

@@ -205,7 +205,8 @@ class LightHamHead(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        if self.conv_seg.bias is not None:
+            nn.init.zeros_(self.conv_seg.bias)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         inputs = [features[i] for i in self.in_index]

@@ -92,7 +92,8 @@ class SegDataModule(pl.LightningDataModule):
         if trainer.ckpt_path:
             # batches of the checkpoint's epoch already trained on; a finished epoch restarts at the next one
             per_epoch = len(sampler) // self.per_device_batch
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed % per_epoch
+            current: Any = trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker at run time
+            done = int(current.processed) % per_epoch
             sampler.skip_next(done * self.per_device_batch)
         kwargs = self._loader_kwargs()
         return DataLoader(ds, batch_size=self.per_device_batch, sampler=sampler, drop_last=True, **kwargs)

@@ -168,7 +168,8 @@ def evaluate(
     dev = _resolve_device(device)
     model.to(dev).eval()
     meta = model.meta
-    pipeline = EvalPipeline(meta.mean, meta.std, tuple(cfg.data.test_scale) if cfg.data.test_scale else None)
+    scale = (int(cfg.data.test_scale[0]), int(cfg.data.test_scale[1])) if cfg.data.test_scale else None
+    pipeline = EvalPipeline(meta.mean, meta.std, scale)
     source = bundle.sources["val"]
     ds = SegDataset(source, pipeline, model.num_classes, meta.bands, ignore_index=cfg.data.ignore_index)
     sampler = EpochSampler(lambda e: epoch_keys(source, e, 0), len(source), shuffle=False, even=False)

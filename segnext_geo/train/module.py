@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 
 from ..models import SegNeXt
@@ -58,7 +59,9 @@ class SegNeXtModule(pl.LightningModule):
         loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.ignore_index, reduction="none").mean()
         n = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
+        opt = self.optimizers()
+        assert not isinstance(opt, list)
+        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -87,7 +90,7 @@ class SegNeXtModule(pl.LightningModule):
         for row in metrics["per_class"]:
             self.log(f"val/IoU.{row['name']}", row["IoU"], sync_dist=False)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         opt, sched = build_optimizer(self.model, self.cfg.optim, self.cfg.schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 

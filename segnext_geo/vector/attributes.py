@@ -127,6 +127,7 @@ class Meter:
         if "crs" not in self._cache:
             import pyproj
 
+            assert self.crs_wkt is not None, "a CRS is needed for metric measures"
             self._cache["crs"] = pyproj.CRS.from_wkt(self.crs_wkt)
         return self._cache["crs"]
 

@@ -56,5 +56,5 @@ class Parts:
             geoms=np.concatenate([p.geoms for p in items]),
             class_id=np.concatenate([p.class_id for p in items]),
             pixels=np.concatenate([p.pixels for p in items]),
-            conf_sum=np.concatenate([p.conf_sum for p in items]) if with_conf else None,  # type: ignore[misc]
+            conf_sum=np.concatenate([p.conf_sum for p in items]) if with_conf else None,
         )

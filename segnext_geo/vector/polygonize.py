@@ -167,8 +167,8 @@ def _runs_to_ids(
     tree: shapely.STRtree,
     classes: NDArray[Any],
     valid: NDArray[np.bool_],
-    xs: NDArray[np.float64],
-    ys: NDArray[np.float64],
+    xs: NDArray[np.floating],
+    ys: NDArray[np.floating],
 ) -> NDArray[np.int64]:
     """Label each pixel of a 1-pixel-wide line with the open polygon holding it (-1: none).
 
@@ -310,6 +310,7 @@ class BlockPolygonizer:
                 geoms[bad] = shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False)
         conf_sum = None
         if with_conf:
+            assert job.probs is not None
             labels = rasterize(
                 ((g, k + 1) for k, g in enumerate(geojson)), out_shape=(h, w), transform=tf, fill=0, dtype="int32"
             )
@@ -339,7 +340,7 @@ class BlockPolygonizer:
         cols = np.arange(c0, c0 + w) + 0.5
         rows = np.arange(r0, r0 + h) + 0.5
 
-        def strip(cls: NDArray[Any], ok: NDArray[np.bool_], xs: NDArray[np.float64], ys: NDArray[np.float64]) -> Any:
+        def strip(cls: NDArray[Any], ok: NDArray[np.bool_], xs: NDArray[np.floating], ys: NDArray[np.floating]) -> Any:
             return _runs_to_ids(tree, cls, ok, xs, ys)
 
         return BlockResult(
