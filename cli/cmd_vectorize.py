@@ -64,31 +64,34 @@ def vectorize(
     Example: segnext-geo vectorize scene.mask.tif --out scene.gpkg --probs scene.probs.tif --min-area 20 --workers 4
     """
     from segnext_geo.errors import UserError
-    from segnext_geo.vector import vectorize_raster
+    from segnext_geo.vector import VectorOptions, vectorize_raster
 
     class_ids = _split(classes)
     try:
-        ids = [int(c) for c in class_ids] if class_ids is not None else None
+        ids = tuple(int(c) for c in class_ids) if class_ids is not None else None
     except ValueError:
         raise UserError(f"--classes: {','.join(class_ids or [])!r} is not a list of class ids like 1,3") from None
+    options = VectorOptions(
+        classes=ids,
+        keep_background=keep_background,
+        min_area=min_area,
+        fill_holes_below=fill_holes_below,
+        simplify=simplify,
+        connectivity=connectivity,
+        block_size=block_size,
+        workers=workers,
+        to_wgs84=to_wgs84,
+    )
     try:
         r = vectorize_raster(
             mask,
             out,
+            options,
             probs=probs,
             class_names=_split(class_names),
-            classes=ids,
-            keep_background=keep_background,
-            min_area=min_area,
-            simplify=simplify,
-            fill_holes_below=fill_holes_below,
-            connectivity=connectivity,
-            block_size=block_size,
-            workers=workers,
             overwrite=overwrite,
             source=source,
             layer=layer,
-            to_wgs84=to_wgs84,
             progress=not quiet,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output was cleaned up; typer would exit silently

@@ -13,41 +13,17 @@ every polygon is held until the end.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from ..errors import UserError
 from .attributes import FeatureBatch, GeomArray, Meter
 from .noding import node_pixel_polygons
 from .parts import Parts
 
-__all__ = ["Finished", "Finisher", "absorbed_by", "fill_small_holes", "parse_tolerance", "simplify_coverage"]
-
-_TOLERANCE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|m)?\s*$")
-
-
-def parse_tolerance(value: str | float | None, option: str = "--simplify") -> tuple[float, str] | None:
-    """``"2.5"``/``"2.5m"``/``2.5`` -> ``(2.5, "m")``; ``"1.5px"`` -> ``(1.5, "px")``; ``None`` stays ``None``.
-
-    Raises:
-        UserError: not a positive number with an optional ``m`` or ``px`` suffix.
-    """
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number, unit = float(value), "m"
-    else:
-        m = _TOLERANCE.match(str(value))
-        if not m:
-            raise UserError(f"{option}: {value!r} is not a tolerance; give metres like 2.5 or pixels like 1.5px")
-        number, unit = float(m.group(1)), m.group(2) or "m"
-    if not np.isfinite(number) or number <= 0:
-        raise UserError(f"{option}: the tolerance must be positive, got {value!r}")
-    return number, unit
+__all__ = ["Finished", "Finisher", "absorbed_by", "fill_small_holes", "simplify_coverage"]
 
 
 def fill_small_holes(geoms: GeomArray, max_area_m2: float, meter: Meter) -> tuple[GeomArray, GeomArray]:

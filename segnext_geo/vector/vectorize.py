@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import UserError
-from ..outputs import atomic_output, check_output, sigterm_as_interrupt
+from ..outputs import atomic_output, check_outputs, sigterm_as_interrupt
 from .attributes import GeomArray, Meter
+from .options import VectorOptions
 from .parts import Parts
 from .polygonize import BlockGrid, PolygonizeJob
-from .postprocess import Finished, Finisher, parse_tolerance
+from .postprocess import Finished, Finisher
 from .seams import SeamStitcher
 from .source import class_name_lookup, open_mask, open_probs
 from .workers import Runner
@@ -79,38 +79,16 @@ class VectorizeResult:
     max_open: int = 0
 
 
-def _check_options(
-    connectivity: int, block_size: int, workers: int, min_area: float | None, fill_holes_below: float | None
-) -> None:
-    if connectivity not in (4, 8):
-        raise UserError(f"--connectivity: must be 4 or 8, got {connectivity}")
-    if block_size < 1:
-        raise UserError(f"--block-size: must be a positive number of pixels, got {block_size}")
-    if workers < 1:
-        raise UserError(f"--workers: must be at least 1, got {workers}")
-    for name, v in (("--min-area", min_area), ("--fill-holes-below", fill_holes_below)):
-        if v is not None and (not np.isfinite(v) or v < 0):
-            raise UserError(f"{name}: must be a non-negative area in m², got {v}")
-
-
 def vectorize_raster(
     mask: str | Path,
     out: str | Path,
+    options: VectorOptions | None = None,
     *,
     probs: str | Path | None = None,
     class_names: Sequence[str] | None = None,
-    classes: Sequence[int] | None = None,
-    keep_background: bool = False,
-    min_area: float | None = None,
-    simplify: str | float | None = None,
-    fill_holes_below: float | None = None,
-    connectivity: int = 4,
-    block_size: int = 2048,
-    workers: int = 1,
     overwrite: bool = False,
     source: str | None = None,
     layer: str | None = None,
-    to_wgs84: bool = False,
     progress: bool = True,
 ) -> VectorizeResult:
     """Polygonize a class raster block by block into a vector file, seam-free.
@@ -119,24 +97,15 @@ def vectorize_raster(
         mask: single-band integer class GeoTIFF (uint8 with nodata 255, as ``predict`` writes).
         out: ``.gpkg`` (recommended), ``.parquet`` (GeoParquet, needs pyarrow), ``.fgb``,
             ``.geojson`` or ``.shp``; written atomically.
+        options: what to polygonize and how (classes, min area, holes, simplification,
+            connectivity, block size, workers, CRS, nodata); default ``VectorOptions()``.
         probs: 1-band confidence or K-band per-class probabilities on the mask's grid (uint8
             0-255 or float 0-1); adds ``mean_confidence`` (mean over the polygon's pixels).
         class_names: names of classes ``0..K-1``; default: the mask's ``class_names`` tag (JSON
             list), else ``class_<id>``.
-        classes: only these class ids (overrides ``keep_background``).
-        keep_background: also emit class 0 (nodata is never emitted).
-        min_area: drop polygons smaller than this many m² (after merging across seams).
-        simplify: coverage-simplification tolerance, metres (``2.5`` or ``"2.5m"``) or pixels
-            (``"1.5px"``); neighbours keep shared edges. Holds all polygons until the end.
-        fill_holes_below: fill holes smaller than this many m²; polygons inside them are dropped.
-        connectivity: 4 (pixels sharing an edge) or 8 (also a corner; geometries are then
-            MultiPolygons, as pixels touching at a corner cannot form a valid Polygon).
-        block_size: block side in pixels; memory grows with its square.
-        workers: processes polygonizing blocks in parallel.
         overwrite: replace an existing ``out``.
         source: the ``source`` column (default: the mask path).
         layer: layer name (default: ``out``'s stem).
-        to_wgs84: write EPSG:4326 lon/lat instead of the mask's CRS.
         progress: show a tqdm bar over blocks (on stderr).
 
     Returns:
@@ -145,9 +114,12 @@ def vectorize_raster(
     Raises:
         UserError: bad input or options (one line naming the file or option).
     """
+    opts = options if options is not None else VectorOptions()
+    if not isinstance(opts, VectorOptions):
+        raise TypeError(f"vectorize_raster: options must be a VectorOptions, got {type(opts).__name__}")
     t0 = time.perf_counter()
-    _check_options(connectivity, block_size, workers, min_area, fill_holes_below)
-    out_path = check_output(out, overwrite)
+    out_path = Path(out)
+    check_outputs([mask] + ([probs] if probs is not None else []), [("--out", out_path)], overwrite)
     driver = output_driver(out_path)
     m = open_mask(mask)
     notes: list[str] = list(m.notes)
@@ -158,27 +130,27 @@ def vectorize_raster(
             f"{m.path}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
             "(pixels for an identity transform), not metres"
         )
-    meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=to_wgs84)
+    meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=opts.to_wgs84)
     notes.extend(f"{m.path}: {n}" for n in meter.notes)
-    tol = parse_tolerance(simplify)
+    tol = opts.tolerance
     simplify_px = None if tol is None else (tol[0] if tol[1] == "px" else tol[0] / meter.pixel_size_m())
     with_conf = p is not None
     finisher = Finisher(
         meter,
-        min_area_m2=min_area or None,
-        fill_holes_m2=fill_holes_below or None,
+        min_area_m2=opts.min_area_m2,
+        fill_holes_m2=opts.fill_holes_m2,
         simplify_px=simplify_px,
-        multi=connectivity == 8,
+        multi=opts.connectivity == 8,
         with_conf=with_conf,
     )
-    grid = BlockGrid(m.height, m.width, block_size)
+    grid = BlockGrid(m.height, m.width, opts.block_size)
     job = PolygonizeJob(
         mask=m,
         probs=p,
         grid=grid,
-        classes=tuple(int(c) for c in classes) if classes is not None else None,
-        keep_background=keep_background,
-        connectivity=connectivity,
+        classes=opts.classes,
+        keep_background=opts.keep_background,
+        connectivity=opts.connectivity,
         finisher=finisher,
     )
     layer_name = layer or out_path.stem
@@ -193,14 +165,14 @@ def vectorize_raster(
             driver=driver,
             layer=layer_name,
             crs_wkt=meter.output_crs_wkt,
-            geometry_type="MultiPolygon" if connectivity == 8 else "Polygon",
+            geometry_type="MultiPolygon" if opts.connectivity == 8 else "Polygon",
             class_names=class_name_lookup(names),
             source=str(mask) if source is None else source,
             with_confidence=with_conf,
-            layer_metadata={"source": str(mask), "connectivity": str(connectivity), "measures": units},
+            layer_metadata={"source": str(mask), "connectivity": str(opts.connectivity), "measures": units},
         )
         try:
-            stats = _run(job, workers, finisher, writer, progress, notes)
+            stats = _run(job, opts.workers, finisher, writer, progress, notes)
             writer.finish()
             writer.move_companions(out_path)
         finally:
@@ -210,7 +182,7 @@ def vectorize_raster(
     if writer.count == 0:
         notes.append(
             f"{out_path}: no polygons (the mask has no pixels of the selected classes"
-            f"{' above --min-area' if min_area else ''}); wrote an empty layer"
+            f"{' above --min-area' if opts.min_area_m2 else ''}); wrote an empty layer"
         )
     for n in notes:
         log.warning(n)
@@ -218,7 +190,7 @@ def vectorize_raster(
     return VectorizeResult(
         path=out_path,
         count=writer.count,
-        crs=None if meter.kind == "none" else ("EPSG:4326" if to_wgs84 else m.crs_name),
+        crs=None if meter.kind == "none" else ("EPSG:4326" if opts.to_wgs84 else m.crs_name),
         elapsed_s=time.perf_counter() - t0,
         warnings=notes,
         layer=layer_name,
