@@ -8,6 +8,32 @@ from typing import Annotated
 import typer
 
 from .app import app
+from .predict_options import (
+    TTA,
+    Bands,
+    BatchSize,
+    Blend,
+    BlendOpt,
+    Compile,
+    CompileOpt,
+    Deterministic,
+    Device,
+    FillHoles,
+    KeepBackground,
+    MaxMemory,
+    MinArea,
+    Nodata,
+    Normalization,
+    NormalizationOpt,
+    Overlap,
+    Precision,
+    PrecisionOpt,
+    Simplify,
+    TileSize,
+    TTAOpt,
+    WorkingSet,
+    build_options,
+)
 
 
 @app.command()
@@ -16,7 +42,9 @@ def batch(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint (loaded once per worker).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Output folder (mirrors input paths).")],
     fmt: Annotated[str, typer.Option("--format", help="Vector format: gpkg, parquet, fgb or geojson.")] = "gpkg",
-    mask: Annotated[bool, typer.Option("--mask", help="Also keep each class raster (<name>.mask.tif).")] = False,
+    mask: Annotated[
+        bool, typer.Option("--mask", metavar="", help="Also keep each class raster (<name>.mask.tif).")
+    ] = False,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes (default: cores / threads).")] = None,
     threads_per_worker: Annotated[int, typer.Option(help="Threads per worker (torch threads).")] = 1,
@@ -26,16 +54,25 @@ def batch(
     merge_crs: Annotated[
         str | None, typer.Option(help="Reproject merged polygons to this CRS (else a layer per CRS).")
     ] = None,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels (multiple of 32).")] = 1024,
-    overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward batch.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto spreads workers over GPUs).")] = "auto",
-    bands: Annotated[str | None, typer.Option(help="1-based bands to feed, e.g. 4,3,2.")] = None,
-    blend: Annotated[str, typer.Option(help="hann, taper or none.")] = "hann",
-    tta: Annotated[str, typer.Option(help="none, flip or d4.")] = "none",
-    min_area: Annotated[float | None, typer.Option(help="Drop polygons smaller than this (m2).")] = None,
-    simplify: Annotated[str | None, typer.Option(help="Simplify tolerance in metres, or pixels with 'px'.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    tile_size: TileSize = 1024,
+    overlap: Overlap = 256,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    bands: Bands = None,
+    nodata: Nodata = None,
+    blend: BlendOpt = Blend.hann,
+    tta: TTAOpt = TTA.none,
+    working_set: WorkingSet = None,
+    max_memory: MaxMemory = "3G",
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = Compile.auto,
+    deterministic: Deterministic = False,
+    normalization: NormalizationOpt = Normalization.auto,
+    min_area: MinArea = None,
+    fill_holes_below: FillHoles = None,
+    simplify: Simplify = None,
+    keep_background: KeepBackground = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.
 
@@ -46,20 +83,9 @@ def batch(
     Example: segnext-geo batch /data/archive/ --checkpoint best.ckpt --out-dir results/ --workers 2 --merge all.gpkg
     """
     from segnext_geo.batch import run_batch
-    from segnext_geo.vector import VectorOptions
 
-    given = (min_area, simplify)
-    vector = VectorOptions(min_area=min_area, simplify=simplify) if any(v is not None for v in given) else None
-    options = {
-        "tile_size": tile_size,
-        "overlap": overlap,
-        "batch_size": batch_size,
-        "device": device,
-        "blend": blend,
-        "tta": tta,
-        "bands": bands,
-        "vector": vector,
-    }
+    values = locals()
+    options = build_options({k: v for k, v in values.items() if k != "workers"})  # --workers: Dask processes
     s = run_batch(
         inputs,
         checkpoint,
@@ -73,7 +99,7 @@ def batch(
         retries=retries,
         merge=merge,
         merge_crs=merge_crs,
-        predict_options=options,
+        options=options,
         progress=not quiet,
     )
     typer.echo(

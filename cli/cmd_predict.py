@@ -10,29 +10,39 @@ from typing import Annotated
 import typer
 
 from .app import app
-
-
-class Blend(StrEnum):
-    hann = "hann"
-    taper = "taper"
-    none = "none"
-
-
-class TTA(StrEnum):
-    none = "none"
-    flip = "flip"
-    d4 = "d4"
+from .predict_options import (
+    TTA,
+    Bands,
+    BatchSize,
+    Blend,
+    BlendOpt,
+    Compile,
+    CompileOpt,
+    Connectivity,
+    Deterministic,
+    Device,
+    FillHoles,
+    KeepBackground,
+    MaxMemory,
+    MinArea,
+    Nodata,
+    Normalization,
+    NormalizationOpt,
+    Overlap,
+    Precision,
+    PrecisionOpt,
+    Simplify,
+    TileSize,
+    TTAOpt,
+    Workers,
+    WorkingSet,
+    build_options,
+)
 
 
 class ProbsMode(StrEnum):
     classes = "classes"
     confidence = "confidence"
-
-
-class Normalization(StrEnum):
-    auto = "auto"
-    meanstd = "meanstd"
-    percentile = "percentile"
 
 
 @app.command()
@@ -49,41 +59,41 @@ def predict(
     probs_mode: Annotated[
         ProbsMode, typer.Option(help="classes: one band per class; confidence: one band, the top probability.")
     ] = ProbsMode.classes,
-    tile_size: Annotated[int, typer.Option(help="Tile side in px (rounded to a multiple of 32, >= 64).")] = 1024,
-    overlap: Annotated[int, typer.Option(help="Px shared by neighbouring tiles (<= half a tile).")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass (does not change the output).")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    bands: Annotated[
-        str | None, typer.Option(help="1-based bands in model order, e.g. 3,2,1 (default: the checkpoint's).")
-    ] = None,
-    blend: Annotated[
-        Blend, typer.Option(help="hann (cosine taper for small overlaps), taper, or none (centre crop).")
-    ] = Blend.hann,
-    tta: Annotated[TTA, typer.Option(help="Test-time augmentation: none, flip (3 passes) or d4 (8).")] = TTA.none,
-    workers: Annotated[int, typer.Option(help="Threads reading tiles while the model runs (0: none).")] = 2,
-    working_set: Annotated[
-        int | None,
-        typer.Option(help="Largest super-tile side in px; bounds memory (default: <= 4096, 256 MiB of accumulators)."),
-    ] = None,
-    normalization: Annotated[
-        Normalization, typer.Option(help="auto: checkpoint mean/std for uint8, scene-wide 2-98% stretch otherwise.")
-    ] = Normalization.auto,
     mask_out: Annotated[
         Path | None, typer.Option(help="With a vector --out: also keep the class raster here (.tif).")
     ] = None,
-    min_area: Annotated[
-        float | None, typer.Option(help="Vector output: drop polygons smaller than this (m^2).")
-    ] = None,
-    simplify: Annotated[float | None, typer.Option(help="Vector output: simplification tolerance (CRS units).")] = None,
-    connectivity: Annotated[int | None, typer.Option(help="Vector output: pixel connectivity, 4 or 8.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    tile_size: TileSize = 1024,
+    overlap: Overlap = 256,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    bands: Bands = None,
+    nodata: Nodata = None,
+    blend: BlendOpt = Blend.hann,
+    tta: TTAOpt = TTA.none,
+    workers: Workers = 2,
+    working_set: WorkingSet = None,
+    max_memory: MaxMemory = "3G",
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = Compile.auto,
+    deterministic: Deterministic = False,
+    normalization: NormalizationOpt = Normalization.auto,
+    min_area: MinArea = None,
+    fill_holes_below: FillHoles = None,
+    simplify: Simplify = None,
+    connectivity: Connectivity = None,
+    keep_background: KeepBackground = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """Segment a scene of any size tile by tile into a class raster that matches it pixel for pixel.
 
     Overlapping tiles are blended as softmax probabilities (Hann window) before the argmax: no seams.
 
-    The scene is streamed in super-tiles, so memory does not grow with its width or height.
+    The scene is streamed in super-tiles, so memory does not grow with its width or height. Peak memory, in
+    bytes, with tile T, batch B, K classes, super-tile side E (--working-set), P probability bands (0, 1 or K)
+    and a = 300-460 activation bytes per pixel (SegNeXt-T to -L): about 0.5e9 + T²·(a + 4K) + E²·(4K + 20 + 3P)
+    + 16(K + 1)·overlap·E + 12(B + 5)·T². The automatic working set (and, if needed, a smaller tile) keeps it
+    under --max-memory.
 
     Output: a COG (uint8, nodata 255, colour table, class_names tag) with the scene's CRS and grid.
 
@@ -92,34 +102,18 @@ def predict(
     Polygons: segnext-geo predict scene.tif -c model.pth -o parcels.gpkg --mask-out classes.tif --min-area 20
     """
     from segnext_geo.inference import predict_scene
-    from segnext_geo.vector import VectorOptions
 
-    given = (min_area, simplify, connectivity)
-    vector = None
-    if any(v is not None for v in given):
-        conn = connectivity if connectivity is not None else 4
-        vector = VectorOptions(min_area=min_area, simplify=simplify, connectivity=conn)
+    options = build_options(locals())
     try:
         r = predict_scene(
             scene,
             checkpoint,
             out,
+            options,
             probs_out=probs_out,
-            probs_mode=probs_mode.value,
-            tile_size=tile_size,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=device,
-            bands=bands,
-            blend=blend.value,
-            tta=tta.value,
-            workers=workers,
+            mask_out=mask_out,
             overwrite=overwrite,
             progress=not quiet,
-            working_set=working_set,
-            mask_out=mask_out,
-            vector=vector,
-            normalization=normalization.value,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success
         typer.echo("error: interrupted", err=True)

@@ -26,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .inference.options import PredictOptions
 
-__all__ = ["RASTER_SUFFIXES", "BatchSummary", "SceneJob", "discover_inputs", "read_manifest", "run_batch"]
+__all__ = [
+    "RASTER_SUFFIXES",
+    "BatchSummary",
+    "SceneJob",
+    "check_batch_outputs",
+    "discover_inputs",
+    "read_manifest",
+    "run_batch",
+]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc"}
 VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "fgb": ".fgb", "geojson": ".geojson"}
@@ -180,8 +189,8 @@ def _is_complete(job: SceneJob, row: dict[str, Any] | None) -> bool:
 
 # --- the per-scene task (runs on a Dask worker) -------------------------------------------
 
-_MODELS: dict[tuple[str, int, str], Any] = {}
-_MODELS_LOCK = threading.Lock()
+_RUNNERS: dict[tuple[Any, ...], Any] = {}
+_RUNNERS_LOCK = threading.Lock()
 
 
 def _worker_device(requested: str) -> str:
@@ -205,28 +214,39 @@ def _worker_device(requested: str) -> str:
     return f"cuda:{index % n}"
 
 
-def _cached_model(checkpoint: str, device: str, threads: int) -> Any:
-    """Load ``checkpoint`` once per worker process (keyed on path, mtime and device)."""
+def _cached_runner(checkpoint: str, options: PredictOptions, threads: int) -> Any:
+    """One :class:`~segnext_geo.inference.InferenceRunner` per worker process, kept across scenes
+    (loaded, folded and, when compiled, compiled once), keyed on checkpoint, mtime and how it runs."""
     import torch
 
+    from .inference import InferenceRunner
     from .models import load_model
 
-    key = (checkpoint, os.stat(checkpoint).st_mtime_ns, device)
-    with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
+    how = (options.device, options.precision, options.compile, options.deterministic, options.tta)
+    key = (checkpoint, os.stat(checkpoint).st_mtime_ns, *how)
+    with _RUNNERS_LOCK:
+        runner = _RUNNERS.get(key)
+        if runner is None:
             torch.set_num_threads(max(1, threads))
             model = load_model(checkpoint)
-            _MODELS.clear()
-            _MODELS[key] = model
-        return model
+            runner = InferenceRunner(
+                model,
+                options.device,
+                precision=options.precision,
+                compile=options.compile,
+                deterministic=options.deterministic,
+                tta=options.tta,
+            )
+            _RUNNERS.clear()
+            _RUNNERS[key] = runner
+        return runner
 
 
 def process_scene(
     scene: str,
     outputs: dict[str, str],
     checkpoint: str,
-    predict_options: dict[str, Any],
+    options: PredictOptions,
     threads: int = 1,
 ) -> dict[str, Any]:
     """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
@@ -238,19 +258,17 @@ def process_scene(
     try:
         from .inference import predict_scene
 
-        opts = dict(predict_options)
-        device = _worker_device(str(opts.pop("device", "auto")))
-        model = _cached_model(checkpoint, device, threads)
+        opts = options.replace(device=_worker_device(options.device))
+        runner = _cached_runner(checkpoint, opts, threads)
         t_load = time.perf_counter()
         result = predict_scene(
             scene,
-            model,
+            runner,
             outputs["vector"],
+            opts,
             mask_out=outputs.get("mask"),
-            device=device,
             overwrite=True,  # the manifest, not the file system, says what is done
             progress=False,
-            **opts,
         )
         row.update(
             status="done",
@@ -259,6 +277,7 @@ def process_scene(
             polygons=int(result.polygons or 0),
             warnings=list(result.warnings),
             load_s=round(t_load - t0, 3),
+            forward_s=round(result.forward_s, 3),
         )
     except Exception as e:  # one bad scene never stops the rest
         msg = " ".join(str(e).split()) or type(e).__name__
@@ -270,6 +289,40 @@ def process_scene(
 
     row["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return row
+
+
+def check_batch_outputs(
+    jobs: Sequence[SceneJob], outputs: Sequence[dict[str, str]], extra: Sequence[tuple[str, Path]]
+) -> None:
+    """Refuse, before any work, outputs that are an input scene or that two scenes (or ``extra``
+    outputs such as ``--merge``) would share. Linear in the number of scenes.
+
+    Raises:
+        UserError: naming the output, the scene(s) and the flag.
+    """
+
+    def keys(p: Path) -> list[object]:
+        out: list[object] = [os.path.realpath(p)]
+        try:
+            st = p.stat()
+            out.append((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        return out
+
+    inputs: dict[object, Path] = {}
+    for job in jobs:
+        for k in keys(job.path):
+            inputs[k] = job.path
+    owners: dict[object, str] = {}
+    named = [(f"output of {job.path}", Path(p)) for job, outs in zip(jobs, outputs, strict=True) for p in outs.values()]
+    for owner, p in [*named, *((flag, q) for flag, q in extra)]:
+        for k in keys(p):
+            if k in inputs:
+                raise UserError(f"--out-dir: {p} ({owner}) is the input scene {inputs[k]}; choose another --out-dir")
+            if k in owners and owners[k] != owner:
+                raise UserError(f"--out-dir: {p} would be written twice ({owners[k]} and {owner}); rename one scene")
+            owners[k] = owner
 
 
 # --- the driver ----------------------------------------------------------------------------
@@ -311,7 +364,7 @@ def run_batch(
     retries: int = 2,
     merge: str | Path | None = None,
     merge_crs: str | None = None,
-    predict_options: dict[str, Any] | None = None,
+    options: PredictOptions | None = None,
     progress: bool = True,
 ) -> BatchSummary:
     """Process every scene of ``inputs`` with ``checkpoint`` into ``out_dir``.
@@ -328,7 +381,8 @@ def run_batch(
         retries: Dask retries of a task whose worker died.
         merge: write all polygons into this one file with a ``source`` column.
         merge_crs: reproject everything to this CRS when merging; else one layer per CRS.
-        predict_options: keyword options of :func:`segnext_geo.inference.predict_scene`.
+        options: how each scene is predicted and vectorized (:class:`~segnext_geo.inference.PredictOptions`,
+            with ``options.vector`` for the polygons); ``device="auto"`` spreads workers over GPUs.
         progress: tqdm bar over scenes with throughput.
     """
     from tqdm import tqdm
@@ -349,6 +403,8 @@ def run_batch(
         raise UserError(f"--out-dir: {out} is not writable")
     jobs = discover_inputs(inputs)
     manifest_path = out / MANIFEST
+    extra = [("--merge", Path(merge)), ("manifest", manifest_path)] if merge else [("manifest", manifest_path)]
+    check_batch_outputs(jobs, [job.outputs(out, fmt, mask) for job in jobs], extra)
     manifest = _Manifest(manifest_path)
     previous = read_manifest(manifest_path)
     summary = BatchSummary(manifest=manifest_path)
@@ -362,7 +418,7 @@ def run_batch(
         else:
             todo.append(job)
     t0 = time.perf_counter()
-    opts = dict(predict_options or {})
+    opts = options if options is not None else PredictOptions()
     if todo:
         own_client = client is None
         client = client or _make_client(scheduler, workers, threads_per_worker, gpus_per_worker)
@@ -409,7 +465,7 @@ def _submit_all(
     fmt: str,
     mask: bool,
     ckpt: str,
-    opts: dict[str, Any],
+    opts: PredictOptions,
     threads: int,
     retries: int,
     gpus: float,

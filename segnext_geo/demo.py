@@ -71,8 +71,8 @@ def _steps_for_budget(seconds: float, device: str, data: Path, chip: int = CHIP,
     import torch
     import torch.nn.functional as F
 
+    from .inference.device import resolve_device
     from .models import build_model
-    from .models.optimize import resolve_device
 
     dev = resolve_device(device)
     model = build_model("tiny", len(DEMO_CLASSES)).to(dev).train()
@@ -138,7 +138,7 @@ def run_demo(
     ``minutes`` is the training budget; the number of steps is sized to it from a measured step
     time unless ``steps`` is given. Training draws ``batch`` random ``chip`` px chips per step.
     """
-    from .inference import predict_scene
+    from .inference import PredictOptions, predict_scene
     from .preview import render_preview
     from .train.config import load_config
     from .train.fit import train
@@ -163,7 +163,7 @@ def run_demo(
     if steps is None:
         steps, dev = _steps_for_budget(minutes * 60.0, device, data, chip, batch)
     else:
-        from .models.optimize import resolve_device
+        from .inference.device import resolve_device
 
         dev = resolve_device(device).type
     _log(f"training SegNeXt-T for {steps} steps of {batch} chips of {chip}^2 px on {dev} (~{minutes:g} min)", quiet)
@@ -217,10 +217,8 @@ def run_demo(
         scene,
         ckpt,
         polygons,
+        PredictOptions(device=device, tile_size=512, overlap=128),
         mask_out=classes,
-        device=device,
-        tile_size=512,
-        overlap=128,
         overwrite=True,
         progress=not quiet,
     )

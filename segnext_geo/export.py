@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .inference import InferenceRunner
 from .models import load_model
-from .models.fuse import fuse_for_inference
 from .outputs import atomic_output
 
 __all__ = ["ExportResult", "export_onnx"]
@@ -67,8 +67,8 @@ def export_onnx(
     if tile_size < 32 or tile_size % 32:
         raise UserError(f"--tile-size: {tile_size} must be a positive multiple of 32")
     model = load_model(checkpoint)
-    net = fuse_for_inference(model)
-    net.batch_invariant = False  # one graph for the whole batch
+    # the runner's folded fp32 model, NCHW, without CPU-only kernels: one graph for the whole batch
+    net = InferenceRunner(model, "cpu", precision="fp32", channels_last=False, compile="off", fuse_kernels=False).model
     x = torch.randn(1, len(model.meta.bands) or 3, tile_size, tile_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = net(x)  # also fills the NMF bases cache, so tracing sees a constant

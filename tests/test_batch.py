@@ -19,8 +19,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from segnext_geo.batch import discover_inputs, read_manifest, run_batch
+from segnext_geo.inference import PredictOptions
 
-OPTS = {"tile_size": 64, "overlap": 16, "batch_size": 2, "device": "cpu"}
+OPTS = PredictOptions(tile_size=64, overlap=16, batch_size=2, device="cpu")
 
 
 def _write_scene(path: Path, crs: str, seed: int, size: tuple[int, int] = (96, 128)) -> None:
@@ -76,7 +77,7 @@ def test_local_cluster_failure_isolation_resume_and_merge(archive: Path, tmp_pat
     out = tmp_path / "out"
     merged = tmp_path / "all.gpkg"
     s = run_batch(
-        [archive], tiny_checkpoint, out, workers=2, mask=True, merge=merged, predict_options=OPTS, progress=False
+        [archive], tiny_checkpoint, out, workers=2, mask=True, merge=merged, options=OPTS, progress=False
     )
     assert (s.done, s.skipped, s.failed) == (5, 0, 1)
     st = _statuses(out)
@@ -97,13 +98,13 @@ def test_local_cluster_failure_isolation_resume_and_merge(archive: Path, tmp_pat
     assert "2 layers, one per CRS" in s.merge_note
 
     # a rerun does no work: 5 skipped, the broken file is tried again and fails again
-    s2 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, predict_options=OPTS, progress=False)
+    s2 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, options=OPTS, progress=False)
     assert (s2.done, s2.skipped, s2.failed) == (0, 5, 1)
 
     # touching one input reprocesses only that scene
     target = archive / "utm" / "s2.tif"
     os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
-    s3 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, predict_options=OPTS, progress=False)
+    s3 = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, options=OPTS, progress=False)
     assert (s3.done, s3.skipped, s3.failed) == (1, 4, 1)
     last = read_manifest(out / "manifest.jsonl")[str(target.resolve())]
     assert last["status"] == "done" and last["mtime"] == target.stat().st_mtime_ns
@@ -196,7 +197,7 @@ def test_connects_to_a_separately_started_scheduler(archive: Path, tmp_path: Pat
             tiny_checkpoint,
             tmp_path / "remote",
             scheduler=f"tcp://127.0.0.1:{port}",
-            predict_options=OPTS,
+            options=OPTS,
             progress=False,
         )
         assert (s.done, s.failed) == (3, 0)
@@ -242,7 +243,7 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, tiny_checkpoint: Path) ->
 
         t = threading.Thread(target=killer, daemon=True)
         t.start()
-        s = run_batch([root], tiny_checkpoint, out, client=client, retries=3, predict_options=OPTS, progress=False)
+        s = run_batch([root], tiny_checkpoint, out, client=client, retries=3, options=OPTS, progress=False)
         t.join(timeout=5)
     assert killed, "the worker was never killed"
     assert (s.done, s.failed) == (8, 0)

@@ -14,11 +14,20 @@ from affine import Affine
 from rasters import PixelLinear, corrupt_middle_block, pixel_meta, textured, write_tif
 
 from segnext_geo.errors import UserError
-from segnext_geo.inference import PredictResult, TileGrid, predict_scene
+from segnext_geo.inference import PredictOptions, PredictResult, TileGrid, predict_scene
 from segnext_geo.models import build_model
 from segnext_geo.raster import SceneSource, compute_normalization, open_scene
 
 FAST = {"progress": False, "device": "cpu"}
+CALL_ARGS = ("meta", "probs_out", "mask_out", "overwrite", "progress")
+
+
+def _predict(scene: object, model: object, out: object, **kw: object) -> PredictResult:
+    """``predict_scene`` with the options given as keywords (split into PredictOptions and call arguments)."""
+    call = {k: kw.pop(k) for k in CALL_ARGS if k in kw}
+    call.setdefault("progress", False)
+    kw.setdefault("device", "cpu")
+    return predict_scene(scene, model, out, PredictOptions(**kw), **call)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,7 +64,7 @@ def test_tiled_result_equals_the_whole_image_result(tmp_path: Path, blend: str) 
     img = textured((3, h, w), seed=1)
     scene = write_tif(tmp_path / "s.tif", img)
     model, meta = PixelLinear(3, 5, seed=2), pixel_meta(5)
-    r = predict_scene(
+    r = _predict(
         scene,
         model,
         tmp_path / "c.tif",
@@ -83,7 +92,7 @@ def test_stretch_is_the_same_for_every_tile(tmp_path: Path, dtype: str) -> None:
     img = textured((3, 150, 170), dtype, seed=4)
     scene = write_tif(tmp_path / "s.tif", img)
     model, meta = PixelLinear(3, 4, seed=5), pixel_meta(4)
-    predict_scene(scene, model, tmp_path / "c.tif", meta=meta, tile_size=64, overlap=16, **FAST)
+    _predict(scene, model, tmp_path / "c.tif", meta=meta, tile_size=64, overlap=16, **FAST)
     with SceneSource(open_scene(scene, None, meta.bands, 3)) as src:
         norm = compute_normalization(src, meta.mean, meta.std)
     assert norm.method == "percentile"
@@ -98,7 +107,7 @@ def test_output_is_byte_identical_across_batch_sizes_workers_and_runs(tmp_path: 
     digests = set()
     for i, (bs, wk) in enumerate([(1, 0), (5, 3), (5, 3)]):
         c, p = tmp_path / f"c{i}.tif", tmp_path / f"p{i}.tif"
-        predict_scene(scene, segnext, c, probs_out=p, tile_size=64, overlap=16, batch_size=bs, workers=wk, **FAST)
+        _predict(scene, segnext, c, probs_out=p, tile_size=64, overlap=16, batch_size=bs, workers=wk, **FAST)
         digests.add((c.read_bytes(), p.read_bytes()))
     assert len(digests) == 1
     # a model that takes whole batches (not image by image) too
@@ -106,7 +115,7 @@ def test_output_is_byte_identical_across_batch_sizes_workers_and_runs(tmp_path: 
     for i, (bs, wk) in enumerate([(1, 0), (7, 2)]):
         c = tmp_path / f"x{i}.tif"
         kw = {"tile_size": 64, "overlap": 16, "batch_size": bs, "workers": wk, **FAST}
-        predict_scene(scene, PixelLinear(3, 4), c, meta=pixel_meta(4), probs_out=tmp_path / f"xp{i}.tif", **kw)  # type: ignore[arg-type]
+        _predict(scene, PixelLinear(3, 4), c, meta=pixel_meta(4), probs_out=tmp_path / f"xp{i}.tif", **kw)  # type: ignore[arg-type]
         pixel.add((c.read_bytes(), (tmp_path / f"xp{i}.tif").read_bytes()))
     assert len(pixel) == 1
 
@@ -116,7 +125,7 @@ def test_working_set_size_does_not_change_the_classes(tmp_path: Path, segnext: t
     outs = []
     for ws in (None, 100):
         out = tmp_path / f"c{ws}.tif"
-        predict_scene(scene, segnext, out, tile_size=64, overlap=16, working_set=ws, **FAST)
+        _predict(scene, segnext, out, tile_size=64, overlap=16, working_set=ws, **FAST)
         outs.append(_read(out))
     assert (outs[0] == outs[1]).all()
 
@@ -133,7 +142,7 @@ def test_georeferencing_round_trips(tmp_path: Path, crs: str, transform: Affine)
     scene = write_tif(tmp_path / "s.tif", textured((3, 90, 140)), crs=crs, transform=transform)
     meta = pixel_meta(3)
     meta.palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    r = predict_scene(scene, PixelLinear(3, 3), tmp_path / "c.tif", meta=meta, tile_size=64, overlap=16, **FAST)
+    r = _predict(scene, PixelLinear(3, 3), tmp_path / "c.tif", meta=meta, tile_size=64, overlap=16, **FAST)
     assert isinstance(r, PredictResult) and r.out == tmp_path / "c.tif" and not r.warnings
     with rasterio.open(scene) as a, rasterio.open(r.out) as b:
         assert b.crs == a.crs and b.transform.almost_equals(a.transform, precision=1e-12)
@@ -169,7 +178,7 @@ def test_nodata_masks_and_alpha_become_output_nodata(tmp_path: Path, kind: str) 
     scene, valid = _nodata_scene(tmp_path, kind)
     model = PixelLinear(3, 4)
     model.record = True
-    r = predict_scene(
+    r = _predict(
         scene, model, tmp_path / "c.tif", meta=pixel_meta(4), probs_out=tmp_path / "p.tif", tile_size=64, overlap=16
     )
     out = _read(tmp_path / "c.tif")[0]
@@ -190,7 +199,7 @@ def test_masked_input_is_filled_with_the_band_mean(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", img, nodata=0)
     model = PixelLinear(3, 2)
     model.record = True
-    predict_scene(scene, model, tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=0, **FAST)
+    _predict(scene, model, tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=0, **FAST)
     (x,) = model.seen
     want = (img.astype(np.float32) - 120.0) / 60.0
     filled = img == 0
@@ -202,7 +211,7 @@ def test_all_nodata_scene_writes_all_nodata_and_says_so(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", np.zeros((3, 70, 90), np.uint8), nodata=0)
     model = PixelLinear(3, 2)
     model.record = True
-    r = predict_scene(scene, model, tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=16, **FAST)
+    r = _predict(scene, model, tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=16, **FAST)
     assert (_read(r.out) == 255).all() and r.pixels == 0 and r.skipped_tiles == r.tiles and not model.seen
     assert any("no valid pixels" in w for w in r.warnings)
 
@@ -212,7 +221,7 @@ def test_scene_smaller_than_a_tile_is_reflect_padded(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", img)
     model = PixelLinear(3, 3, seed=9)
     model.record = True
-    r = predict_scene(scene, model, tmp_path / "c.tif", meta=pixel_meta(3), tile_size=256, overlap=64, **FAST)
+    r = _predict(scene, model, tmp_path / "c.tif", meta=pixel_meta(3), tile_size=256, overlap=64, **FAST)
     (x,) = model.seen
     assert tuple(x.shape) == (1, 3, 64, 64) and r.tiles == 1
     assert torch.equal(x[0, :, 37:39], x[0, :, [35, 34]])  # reflected rows below the scene
@@ -223,7 +232,7 @@ def test_scene_smaller_than_a_tile_is_reflect_padded(tmp_path: Path) -> None:
 
 def test_small_scene_with_segnext(tmp_path: Path, segnext: torch.nn.Module) -> None:
     scene = write_tif(tmp_path / "s.tif", textured((3, 45, 30)))
-    r = predict_scene(scene, segnext, tmp_path / "c.tif", tile_size=1024, **FAST)
+    r = _predict(scene, segnext, tmp_path / "c.tif", tile_size=1024, **FAST)
     out = _read(r.out)
     assert out.shape == (1, 45, 30) and out.max() < 4
     with rasterio.open(r.out) as src:
@@ -236,8 +245,8 @@ def test_tta_averages_transformed_passes(tmp_path: Path, tta: str, passes: int) 
     base, aug = PixelLinear(3, 4, seed=11), PixelLinear(3, 4, seed=11)
     aug.record = True
     kw = {"meta": pixel_meta(4), "tile_size": 64, "overlap": 32, **FAST}
-    r = predict_scene(scene, base, tmp_path / "a.tif", probs_out=tmp_path / "pa.tif", **kw)  # type: ignore[arg-type]
-    predict_scene(scene, aug, tmp_path / "b.tif", probs_out=tmp_path / "pb.tif", tta=tta, **kw)  # type: ignore[arg-type]
+    r = _predict(scene, base, tmp_path / "a.tif", probs_out=tmp_path / "pa.tif", **kw)  # type: ignore[arg-type]
+    _predict(scene, aug, tmp_path / "b.tif", probs_out=tmp_path / "pb.tif", tta=tta, **kw)  # type: ignore[arg-type]
     assert sum(x.shape[0] for x in aug.seen) == passes * r.tiles
     # a per-pixel model commutes with flips and rotations: TTA must give the same answer
     assert (_read(tmp_path / "a.tif") == _read(tmp_path / "b.tif")).all()
@@ -247,8 +256,8 @@ def test_tta_averages_transformed_passes(tmp_path: Path, tta: str, passes: int) 
 def test_confidence_band_is_the_top_probability(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", textured((3, 80, 100), seed=12))
     kw = {"meta": pixel_meta(4), "tile_size": 64, "overlap": 16, **FAST}
-    predict_scene(scene, PixelLinear(3, 4), tmp_path / "a.tif", probs_out=tmp_path / "k.tif", **kw)  # type: ignore[arg-type]
-    predict_scene(
+    _predict(scene, PixelLinear(3, 4), tmp_path / "a.tif", probs_out=tmp_path / "k.tif", **kw)  # type: ignore[arg-type]
+    _predict(
         scene,
         PixelLinear(3, 4),
         tmp_path / "b.tif",
@@ -265,7 +274,7 @@ def test_confidence_band_is_the_top_probability(tmp_path: Path) -> None:
 def test_scene_without_crs_warns_and_keeps_the_pixel_grid(tmp_path: Path) -> None:
     t = Affine(1, 0, 0, 0, -1, 70)
     scene = write_tif(tmp_path / "s.tif", textured((3, 70, 90)), crs=None, transform=t)
-    r = predict_scene(
+    r = _predict(
         scene, PixelLinear(3, 2), tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=16, **FAST
     )
     assert any("has no CRS" in w for w in r.warnings)
@@ -277,9 +286,9 @@ def test_checkpoint_path_and_default_bands(tmp_path: Path, tiny_checkpoint: Path
     img = np.concatenate([textured((3, 50, 60)), np.full((1, 50, 60), 9, np.uint8)])
     scene = write_tif(tmp_path / "s.tif", img, photometric="MINISBLACK")
     kw = {"tile_size": 64, "overlap": 16, **FAST}
-    a = predict_scene(scene, tiny_checkpoint, tmp_path / "a.tif", **kw)  # type: ignore[arg-type]
-    b = predict_scene(scene, tiny_checkpoint, tmp_path / "b.tif", bands="1,2,3", **kw)  # type: ignore[arg-type]
-    c = predict_scene(scene, tiny_checkpoint, tmp_path / "c.tif", bands=[4, 2, 1], **kw)  # type: ignore[arg-type]
+    a = _predict(scene, tiny_checkpoint, tmp_path / "a.tif", **kw)  # type: ignore[arg-type]
+    b = _predict(scene, tiny_checkpoint, tmp_path / "b.tif", bands="1,2,3", **kw)  # type: ignore[arg-type]
+    c = _predict(scene, tiny_checkpoint, tmp_path / "c.tif", bands=[4, 2, 1], **kw)  # type: ignore[arg-type]
     assert (_read(a.out) == _read(b.out)).all()
     assert not (_read(a.out) == _read(c.out)).all()
 
@@ -290,13 +299,13 @@ def test_existing_outputs_are_refused_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "c.tif"
     out.write_bytes(b"keep me")
     with pytest.raises(UserError, match=r"--out: .*c\.tif already exists; pass --overwrite"):
-        predict_scene(scene, PixelLinear(3, 2), out, **kw)  # type: ignore[arg-type]
+        _predict(scene, PixelLinear(3, 2), out, **kw)  # type: ignore[arg-type]
     assert out.read_bytes() == b"keep me"
     (tmp_path / "p.tif").write_bytes(b"x")
     with pytest.raises(UserError, match=r"--probs-out: .* already exists"):
-        predict_scene(scene, PixelLinear(3, 2), tmp_path / "new.tif", probs_out=tmp_path / "p.tif", **kw)  # type: ignore[arg-type]
+        _predict(scene, PixelLinear(3, 2), tmp_path / "new.tif", probs_out=tmp_path / "p.tif", **kw)  # type: ignore[arg-type]
     assert not (tmp_path / "new.tif").exists()
-    predict_scene(scene, PixelLinear(3, 2), out, overwrite=True, **kw)  # type: ignore[arg-type]
+    _predict(scene, PixelLinear(3, 2), out, overwrite=True, **kw)  # type: ignore[arg-type]
     assert _read(out).shape == (1, 40, 40)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif", "s.tif"]  # no temporary left
 
@@ -329,7 +338,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, options: dict[str, obje
         if key in opts:
             opts[key] = tmp_path / str(opts[key])
     with pytest.raises(UserError, match=message) as err:
-        predict_scene(scene_path, PixelLinear(3, 2), out, meta=pixel_meta(2), progress=False, **opts)  # type: ignore[arg-type]
+        _predict(scene_path, PixelLinear(3, 2), out, meta=pixel_meta(2), progress=False, **opts)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
@@ -339,7 +348,7 @@ def test_read_error_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", img, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
     corrupt_middle_block(scene)
     with pytest.raises(UserError, match=r"s\.tif: read error at rows"):
-        predict_scene(
+        _predict(
             scene,
             PixelLinear(3, 2),
             tmp_path / "c.tif",
@@ -356,10 +365,10 @@ def test_read_error_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_vector_output(tmp_path: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", textured((3, 64, 80)))
     kw = {"meta": pixel_meta(3), "tile_size": 64, "overlap": 16, **FAST}
-    r = predict_scene(scene, PixelLinear(3, 3), tmp_path / "v.gpkg", mask_out=tmp_path / "m.tif", **kw)  # type: ignore[arg-type]
+    r = _predict(scene, PixelLinear(3, 3), tmp_path / "v.gpkg", mask_out=tmp_path / "m.tif", **kw)  # type: ignore[arg-type]
     assert r.out.exists() and r.mask_path == tmp_path / "m.tif" and r.mask_path.exists()
     assert r.polygons is not None and r.polygons > 0
-    r2 = predict_scene(scene, PixelLinear(3, 3), tmp_path / "w.gpkg", **kw)  # type: ignore[arg-type]
+    r2 = _predict(scene, PixelLinear(3, 3), tmp_path / "w.gpkg", **kw)  # type: ignore[arg-type]
     assert r2.mask_path is None and r2.polygons == r.polygons
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "s.tif", "v.gpkg", "w.gpkg"]
 
@@ -372,9 +381,9 @@ def test_vrt_and_jp2_inputs_give_the_geotiff_result(tmp_path: Path) -> None:
     rasterio.shutil.copy(tif, tmp_path / "s.vrt", driver="VRT")
     rasterio.shutil.copy(tif, tmp_path / "s.jp2", driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100")
     kw = {"meta": pixel_meta(3), "tile_size": 64, "overlap": 16, **FAST}
-    want = _read(predict_scene(tif, PixelLinear(3, 3), tmp_path / "a.tif", **kw).out)  # type: ignore[arg-type]
+    want = _read(_predict(tif, PixelLinear(3, 3), tmp_path / "a.tif", **kw).out)  # type: ignore[arg-type]
     for src in ("s.vrt", "s.jp2"):
-        r = predict_scene(tmp_path / src, PixelLinear(3, 3), tmp_path / f"{src}.tif", **kw)  # type: ignore[arg-type]
+        r = _predict(tmp_path / src, PixelLinear(3, 3), tmp_path / f"{src}.tif", **kw)  # type: ignore[arg-type]
         assert (_read(r.out) == want).all()
         with rasterio.open(r.out) as b, rasterio.open(tif) as a:
             assert b.crs == a.crs and b.transform.almost_equals(a.transform)

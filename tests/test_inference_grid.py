@@ -9,7 +9,7 @@ import pytest
 
 from segnext_geo.inference.blend import axis_profiles, effective_mode, profile
 from segnext_geo.inference.grid import TileGrid, axis_starts, round_tile_size
-from segnext_geo.inference.predict import auto_working_set
+from segnext_geo.inference.options import auto_working_set
 from segnext_geo.inference.tta import tta_transforms
 
 

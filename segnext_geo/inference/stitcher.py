@@ -1,16 +1,26 @@
 """Blending accumulators with a bounded working set (see :mod:`.grid` for the super-tile plan).
 
-For the super-tile being processed, :class:`Stitcher` holds one float32 tensor of shape
-``(K + 1, h, w)`` over the super-tile's extent: ``K`` planes of ``sum(weight * probability)``
-and one plane of ``sum(weight)``, plus a bool validity plane. When the super-tile is done its
-core is finalised (class = argmax of the weighted sums, i.e. of the weighted mean, since the
-weight sum is positive; probability = sum / weight sum) and the parts of the extent beyond the
-core are handed on as partial sums: kept in memory for the next super-tile of the same row, and
-spilled to a scratch folder for super-tiles of the next row, so nothing grows with the scene's
-width or height.
+For the super-tile being processed, :class:`Stitcher` holds one int32 tensor of shape
+``(K + 1, h, w)`` over the super-tile's extent on the model's device: ``K`` planes of
+``sum(weight * probability)`` and one plane of ``sum(weight)``, and, on the host, a bool
+validity plane (validity never travels to the device). When the super-tile is done its core is
+finalised (class = argmax of the weighted sums, i.e. of the weighted mean; probability = sum /
+weight sum) and the parts of the extent beyond the core are handed on as partial sums: kept on
+the device for the next super-tile of the same row, and spilled to a scratch folder for
+super-tiles of the next row, so nothing grows with the scene's width or height.
 
-Contributions reach every pixel in a fixed order (super-tiles in raster order, tiles in raster
-order within one), so the result does not depend on batching or threading.
+**Exact, order-free sums.** Each contribution ``weight * probability`` (float32, computed the
+same way whatever the batch or the super-tile) is rounded to a fixed-point integer in units of
+``2**-27`` and summed in int32. Integer addition is associative, so a pixel's sums -- and hence
+its class and probability bytes -- depend only on which tiles cover it, never on the order in
+which they arrive: not on ``--working-set`` (super-tile boundaries), the batch size, or how the
+scene is cut into horizontal bands. A contribution is at most 1 (``2**27`` units) and a pixel is
+covered by at most 3 tiles per axis (9 in all; checked), so the sums stay below ``2**31``. The
+rounding step (``2**-28`` at most) is finer than float32's spacing near 0.5 (``2**-25``).
+
+Device work runs on the ops' ``blend`` queue; on CUDA that is a second stream, so the next
+batch's forward runs while this batch is blended, and finished cores are copied to the host on a
+third stream (the writer thread waits for the copy, never the main loop).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import itertools
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,44 +38,69 @@ import torch
 from torch import Tensor
 
 from .blend import BlendMode, axis_profiles
+from .device import DeviceOps, HostCopy
 from .grid import Rect, SuperTile, Tile, TileGrid
 
-__all__ = ["FinishedCore", "PartialStore", "ProbsMode", "Stitcher"]
+__all__ = ["FIXED_POINT_BITS", "FinishedCore", "PartialStore", "ProbsMode", "Stitcher", "max_cover"]
 
 ProbsMode = Literal["classes", "confidence"]
 NODATA = 255
+#: Fractional bits of the fixed-point accumulators: one unit is ``2**-27``.
+FIXED_POINT_BITS = 27
+#: Elements of the float scratch used to quantise a tile's contributions (bounds that buffer).
+QUANT_CHUNK = 1 << 22
+
+
+def max_cover(starts: list[int], tile: int) -> int:
+    """The largest number of tiles along one axis that cover one pixel."""
+    events = sorted([(s, 1) for s in starts] + [(s + tile, -1) for s in starts])
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
 
 
 @dataclass
 class FinishedCore:
-    """A finished core: ``classes`` ``(h, w)`` uint8 (255 = nodata), ``probs`` ``(B, h, w)`` uint8 or
-    ``None``, ``valid`` ``(h, w)`` bool; tensors are on the CPU once ``ready`` has been waited for."""
+    """A finished core on its way to the writer.
+
+    ``copy`` holds ``classes`` ``(h, w)`` uint8 and ``probs`` ``(B, h, w)`` uint8 (or ``None``),
+    landing in host memory; ``valid`` ``(h, w)`` bool is already on the host.
+    """
 
     rect: Rect
-    classes: Tensor
-    probs: Tensor | None
-    valid: Tensor
+    copy: HostCopy
+    valid: np.ndarray
     valid_pixels: int
-    ready: Callable[[], None] = field(default=lambda: None)
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Wait for device-to-host copies and return ``(classes, probs, valid)`` arrays."""
-        self.ready()
-        probs = None if self.probs is None else self.probs.numpy()
-        return self.classes.numpy(), probs, self.valid.numpy()
+        """Wait for the device-to-host copies; ``(classes, probs, valid)`` with nodata applied."""
+        classes_t, probs_t = self.copy.wait()
+        assert classes_t is not None
+        classes = classes_t.numpy()
+        invalid = ~self.valid
+        classes[invalid] = NODATA
+        probs = None
+        if probs_t is not None:
+            probs = probs_t.numpy()
+            probs[:, invalid] = 0
+        return classes, probs, self.valid
 
 
 class PartialStore:
     """Partial sums waiting for a later super-tile.
 
-    ``put(target, rect, data, spill)``: ``data`` ``(K + 1, h, w)`` float32 covering ``rect``.
-    With ``spill`` it is written to a scratch folder by ``submit`` (the writer thread) and read
-    back by :meth:`take`; otherwise it stays in memory (on the device).
+    ``put(target, rect, data, spill)``: ``data`` ``(K + 1, h, w)`` int32 on the device covering
+    ``rect``. With ``spill`` it is copied to the host and written to a scratch folder by ``submit``
+    (the writer thread, which waits for the copy) and read back by :meth:`take`; otherwise it
+    stays on the device.
     """
 
-    def __init__(self, scratch_parent: Path, submit: Callable[..., Future[None]]) -> None:
+    def __init__(self, scratch_parent: Path, submit: Callable[..., Future[None]], ops: DeviceOps) -> None:
         self._parent = scratch_parent
         self._submit = submit
+        self._ops = ops
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._items: dict[int, list[tuple[Rect, Tensor | tuple[Path, Future[None]]]]] = {}
         self._count = itertools.count()
@@ -79,13 +114,13 @@ class PartialStore:
     def put(self, target: int, rect: Rect, data: Tensor, spill: bool) -> None:
         if spill:
             path = self._folder() / f"partial-{next(self._count)}.npy"
-            array = data.to("cpu", copy=True).contiguous().numpy()  # a copy: the accumulator buffer is reused
-            self.spilled_bytes += array.nbytes
-            self._items.setdefault(target, []).append((rect, (path, self._submit(np.save, path, array))))
+            copy = self._ops.download([data.contiguous() if data.device.type != "cpu" else data.clone()], "blend")
+            self.spilled_bytes += data.numel() * data.element_size()
+            self._items.setdefault(target, []).append((rect, (path, self._submit(_save, path, copy))))
         else:
             self._items.setdefault(target, []).append((rect, data.clone()))
 
-    def take(self, target: int, device: torch.device) -> list[tuple[Rect, Tensor]]:
+    def take(self, target: int) -> list[tuple[Rect, Tensor]]:
         out: list[tuple[Rect, Tensor]] = []
         for rect, item in self._items.pop(target, []):
             if isinstance(item, Tensor):
@@ -93,15 +128,22 @@ class PartialStore:
                 continue
             path, done = item
             done.result()
-            out.append((rect, torch.from_numpy(np.load(path)).to(device)))
+            out.append((rect, self._ops.upload_tensor(torch.from_numpy(np.load(path)), "blend")))
             path.unlink()
         return out
 
     def close(self) -> None:
+        """Forget pending partial sums and remove the spill folder (after the writer has stopped)."""
         self._items.clear()
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+
+def _save(path: Path, copy: HostCopy) -> None:
+    (data,) = copy.wait()
+    assert data is not None
+    np.save(path, data.numpy())
 
 
 class Stitcher:
@@ -111,7 +153,7 @@ class Stitcher:
         grid: the tile grid.
         num_classes: K.
         blend: ``hann`` | ``taper`` | ``none`` (see :mod:`.blend`).
-        device: where the accumulators live (the model's device).
+        ops: the device operations (accumulators live on ``ops.tensor_device``).
         probs_mode: also produce probabilities: ``classes`` (K bands) or ``confidence`` (1 band).
         partials: where partial sums wait for later super-tiles.
 
@@ -124,74 +166,104 @@ class Stitcher:
         grid: TileGrid,
         num_classes: int,
         blend: BlendMode,
-        device: torch.device,
+        ops: DeviceOps,
         probs_mode: ProbsMode | None,
         partials: PartialStore,
     ) -> None:
         self.grid = grid
         self.k = int(num_classes)
-        self.device = device
+        self.ops = ops
+        self.device = ops.tensor_device
         self.probs_mode = probs_mode
         self.partials = partials
-        self.wy = [torch.from_numpy(p).to(device) for p in axis_profiles(grid.ys, grid.th, grid.overlap, blend)]
-        self.wx = [torch.from_numpy(p).to(device) for p in axis_profiles(grid.xs, grid.tw, grid.overlap, blend)]
+        cover = max_cover(grid.ys, grid.th) * max_cover(grid.xs, grid.tw)
+        if cover << FIXED_POINT_BITS >= 2**31:
+            raise ValueError(f"{cover} tiles cover one pixel: the fixed-point sums could overflow")
+        scale = float(2**FIXED_POINT_BITS)
+        with ops.queue("blend"):
+            # profiles pre-scaled by 2**27 (exact: a power of two) so that w * p lands in fixed-point units
+            self.wy = [
+                torch.from_numpy(p * scale).to(self.device)
+                for p in axis_profiles(grid.ys, grid.th, grid.overlap, blend)
+            ]
+            self.wx = [
+                torch.from_numpy(p).to(self.device) for p in axis_profiles(grid.xs, grid.tw, grid.overlap, blend)
+            ]
+            h, w = grid.max_extent
+            # one buffer for every super-tile: zeroing it is ~10x cheaper than faulting in fresh pages
+            self._acc_buffer = torch.empty((self.k + 1, h, w), dtype=torch.int32, device=self.device)
+        self._valid_buffer = np.empty((h, w), dtype=bool)
         self.st: SuperTile | None = None
         self.acc: Tensor | None = None
-        self.valid: Tensor | None = None
-        # one buffer for every super-tile: zeroing it is ~10x cheaper than faulting in fresh pages
-        h, w = grid.max_extent
-        self._acc_buffer = torch.empty((self.k + 1, h, w), dtype=torch.float32, device=device)
-        self._valid_buffer = torch.empty((h, w), dtype=torch.bool, device=device)
+        self.valid: np.ndarray | None = None
 
     def start(self, st: SuperTile) -> None:
         """Clear the accumulators for ``st`` and add the partial sums left for it."""
         e = st.extent
         self.st = st
-        self.acc = self._acc_buffer[:, : e.height, : e.width].zero_()
-        self.valid = self._valid_buffer[: e.height, : e.width].zero_()
-        for rect, data in self.partials.take(st.index, self.device):
-            y0, x0 = rect.y0 - e.y0, rect.x0 - e.x0
-            self.acc[:, y0 : y0 + rect.height, x0 : x0 + rect.width].add_(data)
+        self.valid = self._valid_buffer[: e.height, : e.width]
+        self.valid[:] = False
+        with self.ops.queue("blend"):
+            self.acc = self._acc_buffer[:, : e.height, : e.width].zero_()
+            for rect, data in self.partials.take(st.index):
+                y0, x0 = rect.y0 - e.y0, rect.x0 - e.x0
+                self.acc[:, y0 : y0 + rect.height, x0 : x0 + rect.width].add_(data)
 
     def add(self, tile: Tile, probs: Tensor | None, valid: np.ndarray) -> None:
-        """Add one tile: ``probs`` ``(K, th, tw)`` float32 on the device (``None`` for a skipped,
-        all-nodata tile) and its validity ``valid`` ``(h, w)`` bool over ``tile.rect``."""
+        """Add one tile: ``probs`` ``(K, th, tw)`` float32 on the device, produced on the ``compute``
+        queue (``None`` for a skipped, all-nodata tile), and its host validity ``valid`` ``(h, w)``
+        bool over ``tile.rect``."""
         assert self.st is not None and self.acc is not None and self.valid is not None
         e, r = self.st.extent, tile.rect
         y0, x0 = r.y0 - e.y0, r.x0 - e.x0
         h, w = r.height, r.width
-        self.valid[y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(valid).to(self.device)
+        self.valid[y0 : y0 + h, x0 : x0 + w] = valid
         if probs is None:
             return
-        weight = self.wy[tile.row][:h, None] * self.wx[tile.col][None, :w]
-        self.acc[: self.k, y0 : y0 + h, x0 : x0 + w].addcmul_(probs[:, :h, :w], weight)
-        self.acc[self.k, y0 : y0 + h, x0 : x0 + w].add_(weight)
+        self.ops.hand_over(probs, "compute", "blend")
+        with self.ops.queue("blend"):
+            weight = self.wy[tile.row][:h, None] * self.wx[tile.col][None, :w]  # (h, w) in 2**-27 units
+            region = self.acc[:, y0 : y0 + h, x0 : x0 + w]
+            step = max(1, QUANT_CHUNK // (h * w))
+            for k0 in range(0, self.k, step):
+                k1 = min(self.k, k0 + step)
+                q = torch.mul(probs[k0:k1, :h, :w], weight).round_()
+                region[k0:k1].add_(q.to(torch.int32))
+            region[self.k].add_(weight.round().to(torch.int32))
 
     def finish(self) -> FinishedCore:
         """Finalise the core of the current super-tile and hand the rest of its extent on."""
         assert self.st is not None and self.acc is not None and self.valid is not None
         st, acc = self.st, self.acc
-        self._hand_on(st, acc)
         c = st.core
         h, w = c.height, c.width
-        sums, wsum = acc[: self.k, :h, :w], acc[self.k, :h, :w]
-        valid = self.valid[:h, :w] & (wsum > 0)
-        best = sums[0].clone()
-        classes = torch.zeros((h, w), dtype=torch.uint8, device=self.device)
-        for k in range(1, self.k):
-            better = sums[k] > best  # strict: ties keep the lower class, like argmax
-            torch.maximum(best, sums[k], out=best)
-            classes.masked_fill_(better, k)
-        classes.masked_fill_(~valid, NODATA)
-        probs = None
-        if self.probs_mode is not None:
-            denom = wsum.clamp_min(torch.finfo(torch.float32).tiny)
-            p = best.div_(denom).unsqueeze(0) if self.probs_mode == "confidence" else sums / denom
-            probs = p.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            probs.masked_fill_(~valid, 0)
-        n_valid = int(valid.sum())
+        valid = self.valid[:h, :w].copy()
+        with self.ops.queue("blend"):
+            self._hand_on(st, acc)
+            sums, wsum = acc[: self.k, :h, :w], acc[self.k, :h, :w]
+            best = sums[0].clone()
+            classes = torch.zeros((h, w), dtype=torch.uint8, device=self.device)
+            for k in range(1, self.k):
+                better = sums[k] > best  # strict: ties keep the lower class, like argmax
+                torch.maximum(best, sums[k], out=best)
+                classes.masked_fill_(better, k)
+            classes.masked_fill_(wsum <= 0, NODATA)
+            probs = self._probabilities(sums, wsum, best) if self.probs_mode is not None else None
+            copy = self.ops.download([classes, probs], "blend")
         self.st = self.acc = self.valid = None
-        return _to_host(c, classes, probs, valid, n_valid)
+        return FinishedCore(c, copy, valid, int(valid.sum()))
+
+    def _probabilities(self, sums: Tensor, wsum: Tensor, best: Tensor) -> Tensor:
+        """uint8 ``round(255 * sum / wsum)``: ``(K, h, w)`` (``classes``) or ``(1, h, w)`` (``confidence``)."""
+        denom = wsum.clamp_min(1).double()
+        if self.probs_mode == "confidence":
+            return _to_byte(best.double().div_(denom))[None]
+        out = torch.empty(sums.shape, dtype=torch.uint8, device=self.device)
+        step = max(1, QUANT_CHUNK // max(1, sums.shape[1] * sums.shape[2]))
+        for k0 in range(0, self.k, step):
+            k1 = min(self.k, k0 + step)
+            out[k0:k1] = _to_byte(sums[k0:k1].double().div_(denom))
+        return out
 
     def _hand_on(self, st: SuperTile, acc: Tensor) -> None:
         e = st.extent
@@ -204,20 +276,6 @@ class Stitcher:
             self.partials.put(later.index, part, data, spill=later.grow != st.grow)
 
 
-def _to_host(rect: Rect, classes: Tensor, probs: Tensor | None, valid: Tensor, n_valid: int) -> FinishedCore:
-    """Start copying the results to (pinned) host memory; ``ready`` waits for the copies."""
-    if classes.device.type == "cpu":
-        return FinishedCore(rect, classes, probs, valid, n_valid)
-    if classes.device.type != "cuda":  # e.g. mps: plain synchronous copies
-        return FinishedCore(rect, classes.cpu(), None if probs is None else probs.cpu(), valid.cpu(), n_valid)
-
-    def host(t: Tensor) -> Tensor:
-        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        out.copy_(t, non_blocking=True)
-        return out
-
-    hc, hv = host(classes), host(valid)
-    hp = None if probs is None else host(probs)
-    event = torch.cuda.Event()
-    event.record()
-    return FinishedCore(rect, hc, hp, hv, n_valid, ready=event.synchronize)
+def _to_byte(p: Tensor) -> Tensor:
+    """Probabilities in [0, 1] (float64) -> uint8 ``round(p * 255)``."""
+    return p.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)

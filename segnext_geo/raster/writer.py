@@ -5,6 +5,12 @@ windows into a tiled, lightly compressed scratch GTiff next to the target, and
 :meth:`StreamedGeoTIFF.finish` copies it with the COG driver (DEFLATE, 512-px blocks, overviews
 after the full-resolution IFD as the COG layout wants) to the path it was given. Memory stays
 bounded by GDAL's block cache, whatever the raster size.
+
+Every GDAL call on these files runs under settings this module sets itself
+(:data:`SCRATCH_GDAL_OPTIONS`), whatever the user's environment says: masks are internal
+(``GDAL_TIFF_INTERNAL_MASK``, so no ``.msk`` sidecar), no ``.aux.xml`` sidecar (PAM off), and
+rasterio's error handler is installed in the calling thread (writes happen on a writer thread),
+so GDAL and libtiff messages become exceptions and log records instead of raw stderr lines.
 """
 
 from __future__ import annotations
@@ -22,9 +28,16 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-__all__ = ["BLOCK_SIZE", "RasterSpec", "StreamedGeoTIFF", "class_colormap"]
+__all__ = ["BLOCK_SIZE", "SCRATCH_GDAL_OPTIONS", "RasterSpec", "StreamedGeoTIFF", "class_colormap", "json_tag"]
 
 BLOCK_SIZE = 512
+#: GDAL configuration for the scratch and output files, overriding the environment.
+SCRATCH_GDAL_OPTIONS: dict[str, object] = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_PAM_ENABLED": False}
+
+
+def gdal_env() -> rasterio.Env:
+    """A rasterio environment with :data:`SCRATCH_GDAL_OPTIONS` for the calling thread."""
+    return rasterio.Env(**SCRATCH_GDAL_OPTIONS)
 
 
 def class_colormap(palette: Sequence[Sequence[int]], nodata: int = 255) -> dict[int, tuple[int, int, int, int]]:
@@ -93,40 +106,44 @@ class StreamedGeoTIFF:
             profile["transform"] = spec.transform
         if spec.nodata is not None:
             profile["nodata"] = spec.nodata
-        self._ds = rasterio.open(self.scratch, "w", **profile)
-        if spec.colormap:
-            self._ds.write_colormap(1, dict(spec.colormap))
-        if spec.tags:
-            self._ds.update_tags(**dict(spec.tags))
-        for i, d in enumerate(spec.descriptions[: spec.count], start=1):
-            self._ds.set_band_description(i, d)
+        with gdal_env():
+            self._ds = rasterio.open(self.scratch, "w", **profile)
+            if spec.colormap:
+                self._ds.write_colormap(1, dict(spec.colormap))
+            if spec.tags:
+                self._ds.update_tags(**dict(spec.tags))
+            for i, d in enumerate(spec.descriptions[: spec.count], start=1):
+                self._ds.set_band_description(i, d)
 
     def write(self, data: np.ndarray, window: Window, valid: np.ndarray | None = None) -> None:
         """Write ``data`` ``(count, h, w)`` uint8 at ``window``; ``valid`` ``(h, w)`` bool feeds the mask."""
-        self._ds.write(data, window=window)
-        if self.spec.mask:
-            m = np.full(data.shape[1:], 255, np.uint8) if valid is None else (valid.astype(np.uint8) * 255)
-            self._ds.write_mask(m, window=window)
+        with gdal_env():
+            self._ds.write(data, window=window)
+            if self.spec.mask:
+                m = np.full(data.shape[1:], 255, np.uint8) if valid is None else (valid.astype(np.uint8) * 255)
+                self._ds.write_mask(m, window=window)
 
     def finish(self) -> Path:
         """Close the scratch file and write the COG to ``path``."""
-        self._ds.close()
-        rasterio.shutil.copy(
-            self.scratch,
-            self.path,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=BLOCK_SIZE,
-            OVERVIEW_RESAMPLING=self.spec.overview_resampling,
-            BIGTIFF="IF_SAFER",
-        )
+        with gdal_env():
+            self._ds.close()
+            rasterio.shutil.copy(
+                self.scratch,
+                self.path,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=BLOCK_SIZE,
+                OVERVIEW_RESAMPLING=self.spec.overview_resampling,
+                BIGTIFF="IF_SAFER",
+            )
         self.scratch.unlink(missing_ok=True)
         return self.path
 
     def close(self) -> None:
         """Release the scratch file (idempotent; safe after :meth:`finish`)."""
-        if not self._ds.closed:
-            self._ds.close()
+        with gdal_env():
+            if not self._ds.closed:
+                self._ds.close()
         self.scratch.unlink(missing_ok=True)
 
 

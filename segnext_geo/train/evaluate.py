@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from .metrics import confusion_matrix, metrics_from_confusion
 __all__ = ["evaluate", "format_table", "segment_logits"]
 
 
-def _slide(model: nn.Module, images: Tensor, num_classes: int, crop: Sequence[int], stride: Sequence[int]) -> Tensor:
+def _slide(
+    model: Callable[[Tensor], Tensor], images: Tensor, num_classes: int, crop: Sequence[int], stride: Sequence[int]
+) -> Tensor:
     """mmseg ``slide_inference``: logits of ``crop`` windows every ``stride`` px, averaged where they overlap."""
     n, _, h, w = images.shape
     (hc, wc), (hs, ws) = crop, stride
@@ -45,7 +47,7 @@ def _slide(model: nn.Module, images: Tensor, num_classes: int, crop: Sequence[in
 
 @torch.no_grad()
 def segment_logits(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Tensor],
     images: Tensor,
     out_size: Sequence[int],
     mode: str = "whole",
@@ -96,15 +98,6 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append("-" * (width + 15))
     lines.append(f"mIoU {pct(metrics['mIoU'])}  mAcc {pct(metrics['mAcc'])}  aAcc {pct(metrics['aAcc'])}")
     return "\n".join(lines)
-
-
-def _resolve_device(device: str) -> torch.device:
-    from ..models.optimize import resolve_device
-
-    try:
-        return resolve_device(device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 def evaluate(
@@ -165,8 +158,9 @@ def evaluate(
             f"{ckpt}: has {model.num_classes} classes but dataset {bundle.dataset} ({cfg.source}) has "
             f"{bundle.num_classes}"
         )
-    dev = _resolve_device(device)
-    model.to(dev).eval()
+    from ..inference import InferenceRunner
+
+    runner = InferenceRunner(model, device, precision="fp32", deterministic=True)  # the one eval forward
     meta = model.meta
     scale = (int(cfg.data.test_scale[0]), int(cfg.data.test_scale[1])) if cfg.data.test_scale else None
     pipeline = EvalPipeline(meta.mean, meta.std, scale)
@@ -181,7 +175,12 @@ def evaluate(
     for batch in tqdm(loader, desc=f"evaluate ({cfg.eval.mode})", unit="image", disable=not progress):
         mask = batch["mask"]
         logits = segment_logits(
-            model, batch["image"].to(dev), mask.shape[-2:], cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride
+            runner,
+            batch["image"].to(runner.device),
+            mask.shape[-2:],
+            cfg.eval.mode,
+            cfg.eval.crop_size,
+            cfg.eval.stride,
         )
         conf += confusion_matrix(logits.argmax(1).cpu(), mask, model.num_classes, cfg.data.ignore_index)
         n += mask.shape[0]

@@ -1,0 +1,346 @@
+"""How to predict: :class:`PredictOptions`, one frozen, typed, validated object.
+
+``predict_scene``, ``run_batch`` and both CLI commands build one :class:`PredictOptions` and hand
+it down unchanged; every error names the command-line flag (``--overlap: ...``), never the field.
+This module also holds the output suffix tables and the memory model that picks the working set
+(and, when needed, a smaller tile) for a memory budget (:func:`plan_memory`).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, get_args
+
+from ..errors import UserError
+from ..raster.normalize import NormalizationMethod
+from ..raster.source import parse_bands
+from ..vector.options import VectorOptions
+from .blend import BlendMode
+from .grid import MIN_TILE, TileGrid, round_tile_size
+from .runner import CompileMode, Precision
+from .stitcher import ProbsMode
+from .tta import TTAMode
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "RASTER_SUFFIXES",
+    "VECTOR_SUFFIXES",
+    "MemoryPlan",
+    "PredictOptions",
+    "auto_working_set",
+    "estimate_peak",
+    "parse_size",
+    "plan_memory",
+]
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+VECTOR_SUFFIXES = (".gpkg", ".parquet", ".fgb", ".geojson", ".shp")
+MAX_SUPERTILE = 4096
+#: Accumulators of the automatic working set, before the budget check (larger super-tiles only
+#: save partial-sum hand-offs, which are cheap).
+ACCUMULATOR_BYTES = 256 * 2**20
+#: Default memory budget of a predict process (``--max-memory``).
+DEFAULT_MEMORY_BUDGET = 3 * 2**30
+#: Smallest tile the memory plan shrinks to.
+MIN_PLAN_TILE = 256
+
+
+def _int(value: Any, flag: str, what: str) -> int:
+    if isinstance(value, bool):
+        raise UserError(f"{flag}: {value!r} is not {what}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UserError(f"{flag}: {value!r} is not {what}") from None
+
+
+def _choice(value: Any, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _bool(value: Any, flag: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{flag}: expected true or false, got {value!r}")
+    return value
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str | int | float, flag: str = "--max-memory") -> int:
+    """``"3G"``, ``"2.5GiB"``, ``"512M"``, ``"800MB"`` or a number of bytes -> bytes (binary units).
+
+    Raises:
+        UserError: not a positive size.
+    """
+    if isinstance(value, bool):
+        raise UserError(f"{flag}: {value!r} is not a size like 3G or 512M")
+    if isinstance(value, int | float):
+        n = float(value)
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise UserError(f"{flag}: {value!r} is not a size like 3G or 512M")
+        n = float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower())
+    if not math.isfinite(n) or n <= 0:
+        raise UserError(f"{flag}: must be a positive size, got {value!r}")
+    return int(n)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How ``predict`` and ``batch`` run (every field checked in ``__post_init__``; errors name the flag).
+
+    Attributes:
+        tile_size: tile side in px, rounded to a multiple of 32 (>= 64). ``--tile-size``.
+        overlap: px shared by neighbouring tiles, at most half a tile. ``--overlap``.
+        batch_size: tiles per forward (does not change the output on the CPU or with
+            ``deterministic``). ``--batch-size``.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``. ``--device``.
+        bands: 1-based bands in model order (``"3,2,1"`` or a sequence; stored as a tuple);
+            ``None``: the model's. ``--bands``.
+        nodata: a value to treat as nodata in every selected band, overriding the file's.
+            ``--nodata``.
+        blend: ``hann`` | ``taper`` | ``none``. ``--blend``.
+        tta: ``none`` | ``flip`` | ``d4``. ``--tta``.
+        working_set: largest super-tile side in px; ``None``: automatic (:func:`plan_memory`).
+            ``--working-set``.
+        max_memory: memory budget of the process in bytes (``"3G"`` is accepted); the
+            automatic working set, and if needed a smaller tile, keep the estimated peak under
+            it. ``--max-memory``.
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``. ``--precision``.
+        compile: ``off`` | ``auto`` | ``on``. ``--compile``.
+        deterministic: image-by-image forwards and deterministic cuDNN: the same bytes whatever
+            the batch size on every device. ``--deterministic``.
+        normalization: ``auto`` | ``meanstd`` | ``percentile``. ``--normalization``.
+        probs_mode: ``classes`` (K bands) | ``confidence`` (1 band) for ``--probs-out``.
+            ``--probs-mode``.
+        workers: threads reading tiles while the model runs (0: read in the main thread).
+            ``--workers``.
+        vector: vectorize options for a vector output (``--min-area``, ``--simplify`` ...).
+    """
+
+    tile_size: int = 1024
+    overlap: int = 256
+    batch_size: int = 8
+    device: str = "auto"
+    bands: tuple[int, ...] | None = None
+    nodata: float | None = None
+    blend: BlendMode = "hann"
+    tta: TTAMode = "none"
+    working_set: int | None = None
+    max_memory: int = DEFAULT_MEMORY_BUDGET
+    precision: Precision = "auto"
+    compile: CompileMode = "auto"
+    deterministic: bool = False
+    normalization: NormalizationMethod = "auto"
+    probs_mode: ProbsMode = "classes"
+    workers: int = 2
+    vector: VectorOptions | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        tile = _int(self.tile_size, "--tile-size", "a number of pixels")
+        if tile < MIN_TILE:
+            raise UserError(f"--tile-size: {tile} px is too small; use at least {MIN_TILE} px")
+        put("tile_size", tile)
+        overlap = _int(self.overlap, "--overlap", "a number of pixels")
+        if not 0 <= overlap <= self.tile // 2:
+            raise UserError(f"--overlap: must be between 0 and half the tile size ({self.tile // 2} px), got {overlap}")
+        put("overlap", overlap)
+        batch = _int(self.batch_size, "--batch-size", "a number of tiles")
+        if batch < 1:
+            raise UserError(f"--batch-size: must be at least 1, got {batch}")
+        put("batch_size", batch)
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise UserError(f"--device: {self.device!r} is not a device (use auto, cpu, cuda or cuda:N)")
+        put("bands", parse_bands(self.bands))
+        if self.nodata is not None:
+            if isinstance(self.nodata, bool):
+                raise UserError(f"--nodata: {self.nodata!r} is not a number")
+            try:
+                put("nodata", float(self.nodata))
+            except (TypeError, ValueError):
+                raise UserError(f"--nodata: {self.nodata!r} is not a number") from None
+        put("blend", _choice(self.blend, get_args(BlendMode), "--blend"))
+        put("tta", _choice(self.tta, get_args(TTAMode), "--tta"))
+        if self.working_set is not None:
+            ws = _int(self.working_set, "--working-set", "a number of pixels")
+            if ws < MIN_TILE:
+                raise UserError(f"--working-set: must be at least {MIN_TILE} px, got {ws}")
+            put("working_set", ws)
+        put("max_memory", parse_size(self.max_memory))
+        put("precision", _choice(self.precision, get_args(Precision), "--precision"))
+        put("compile", _choice(self.compile, get_args(CompileMode), "--compile"))
+        put("deterministic", _bool(self.deterministic, "--deterministic"))
+        put("normalization", _choice(self.normalization, get_args(NormalizationMethod), "--normalization"))
+        put("probs_mode", _choice(self.probs_mode, get_args(ProbsMode), "--probs-mode"))
+        workers = _int(self.workers, "--workers", "a number of threads")
+        if workers < 0:
+            raise UserError(f"--workers: must be 0 or more, got {workers}")
+        put("workers", workers)
+        if self.vector is not None and not isinstance(self.vector, VectorOptions):
+            raise TypeError(f"PredictOptions.vector must be a VectorOptions, not {type(self.vector).__name__}")
+
+    @property
+    def tile(self) -> int:
+        """``tile_size`` rounded to a multiple of 32."""
+        return round_tile_size(self.tile_size)
+
+    def replace(self, **changes: Any) -> PredictOptions:
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+
+def auto_working_set(num_classes: int, budget: int = ACCUMULATOR_BYTES) -> int:
+    """The largest super-tile side (<= 4096 px) whose ``(K + 2)`` accumulator planes fit ``budget``."""
+    return max(MIN_TILE, min(MAX_SUPERTILE, int(math.sqrt(budget / (4 * (num_classes + 2))))))
+
+
+# ---- memory model ----------------------------------------------------------------------------
+
+#: Resident memory of a predict process before any tile: Python, torch, GDAL, numpy (bytes).
+BASE_BYTES = 420 * 2**20
+#: Peak activation memory of one fused SegNeXt forward, bytes per input pixel (measured at
+#: 1024^2 on the CPU, fp32, ``benchmarks/predict_scene.py --memory``), excluding the logits.
+ACTIVATION_BYTES_PER_PX = {"segnext_t": 300.0, "segnext_s": 420.0, "segnext_b": 420.0, "segnext_l": 460.0}
+#: For other models (unknown): assume the largest SegNeXt.
+DEFAULT_ACTIVATION_BYTES_PER_PX = 460.0
+GDAL_CACHE_BYTES = 64 * 2**20
+#: Finished cores queued for the writer thread at most.
+WRITER_QUEUE = 2
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The tile, working set and estimated peak (bytes) chosen for a run; ``notes`` say what changed."""
+
+    tile: int
+    overlap: int
+    working_set: int
+    peak_bytes: int
+    budget: int
+    notes: tuple[str, ...] = ()
+
+
+def estimate_peak(
+    *,
+    tile: int,
+    overlap: int,
+    batch: int,
+    classes: int,
+    bands: int,
+    extent: tuple[int, int],
+    probs_bands: int,
+    tta_passes: int = 1,
+    per_image: bool = True,
+    workers: int = 2,
+    activation_bytes_per_px: float = DEFAULT_ACTIVATION_BYTES_PER_PX,
+    model_bytes: int = 0,
+) -> int:
+    """Estimated peak memory (bytes) of a predict run on the CPU; the README states the same formula.
+
+    ``peak = base + model + forward + accumulators + hand-on + finish + writer queue + reader + GDAL``:
+
+    - forward: ``n * T^2 * (a + 4 K (1 + [TTA]))`` with ``n`` = 1 image on the CPU (``batch`` on
+      CUDA, where this term is GPU memory), ``a`` the variant's activation bytes per pixel;
+    - accumulators: ``(4 (K + 1) + 1) * E_h * E_w`` (int32 sums and weight sum, bool validity);
+    - hand-on: ``2 * 4 (K + 1) * overlap * (E_h + E_w)`` (strips kept and spilled);
+    - finish: ``E_h * E_w * (4 + 1 + 8 + P)`` (best sums, classes, a float64 chunk, P probs bands);
+    - writer queue: ``2 * E_h * E_w * (1 + P)`` (finished cores waiting to be written);
+    - reader: ``(batch + 2 * workers + n) * C * T^2 * 4`` (normalised tiles read ahead);
+    - GDAL: its 64 MiB block cache.
+    """
+    t2 = tile * tile
+    n = 1 if per_image else batch
+    eh, ew = extent
+    area = eh * ew
+    forward = n * t2 * (activation_bytes_per_px + 4 * classes * (1 + (tta_passes > 1)))
+    quant = min(classes * t2, 1 << 22) * 8
+    accumulators = (4 * (classes + 1) + 1) * area
+    hand_on = 2 * 4 * (classes + 1) * overlap * (eh + ew)
+    finish = area * (4 + 1 + 8 + probs_bands)
+    queue = WRITER_QUEUE * area * (1 + probs_bands)
+    reader = (batch + 2 * max(1, workers) + n) * bands * t2 * 4
+    total = BASE_BYTES + model_bytes + forward + quant + accumulators + hand_on + finish + queue + reader
+    return int(total + GDAL_CACHE_BYTES)
+
+
+def plan_memory(
+    options: PredictOptions,
+    height: int,
+    width: int,
+    *,
+    classes: int,
+    bands: int,
+    probs_bands: int,
+    per_image: bool,
+    variant: str | None = None,
+    model_bytes: int = 0,
+) -> MemoryPlan:
+    """Pick the working set (and, only if needed, a smaller tile) for ``options.max_memory``.
+
+    The automatic working set starts at :func:`auto_working_set` (256 MiB of accumulators) and
+    shrinks, one tile row at a time, until :func:`estimate_peak` fits the budget; if a single-tile
+    super-tile still does not fit, the tile is halved (not below 256 px, overlap scaled with it).
+    An explicit ``--working-set`` or a budget that nothing fits is kept, with a note.
+    """
+    act = ACTIVATION_BYTES_PER_PX.get(variant or "", DEFAULT_ACTIVATION_BYTES_PER_PX)
+    passes = {"none": 1, "flip": 3, "d4": 8}[options.tta]
+    notes: list[str] = []
+
+    def peak(tile: int, overlap: int, ws: int) -> tuple[int, int]:
+        grid = TileGrid(height, width, tile, overlap, ws)
+        p = estimate_peak(
+            tile=min(tile, max(grid.th, grid.tw)),
+            overlap=overlap,
+            batch=options.batch_size,
+            classes=classes,
+            bands=bands,
+            extent=grid.max_extent,
+            probs_bands=probs_bands,
+            tta_passes=passes,
+            per_image=per_image,
+            workers=options.workers,
+            activation_bytes_per_px=act,
+            model_bytes=model_bytes,
+        )
+        return p, max(grid.max_extent)
+
+    tile, overlap = options.tile, options.overlap
+    budget = options.max_memory
+    if options.working_set is not None:
+        p, _ = peak(tile, overlap, options.working_set)
+        if p > budget:
+            notes.append(
+                f"--working-set {options.working_set}: the estimated peak {p / 2**30:.1f} GiB exceeds "
+                f"--max-memory {budget / 2**30:.1f} GiB"
+            )
+        return MemoryPlan(tile, overlap, options.working_set, p, budget, tuple(notes))
+    while True:
+        ws = max(tile, auto_working_set(classes))
+        p, _ = peak(tile, overlap, ws)
+        while p > budget and ws > tile:
+            ws = max(tile, ws - (tile - overlap))
+            p, _ = peak(tile, overlap, ws)
+        if p <= budget or tile // 2 < MIN_PLAN_TILE:
+            break
+        tile, overlap = round_tile_size(tile // 2), overlap // 2
+    if tile != options.tile:
+        notes.append(
+            f"--tile-size: {options.tile} px tiles with {classes} classes need more than --max-memory "
+            f"{budget / 2**30:.1f} GiB; using {tile} px tiles (overlap {overlap} px)"
+        )
+    if p > budget:
+        notes.append(
+            f"--max-memory: the estimated peak {p / 2**30:.1f} GiB exceeds the budget {budget / 2**30:.1f} GiB "
+            "even with the smallest tile; raise --max-memory"
+        )
+    return MemoryPlan(tile, overlap, ws, p, budget, tuple(notes))

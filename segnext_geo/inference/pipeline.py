@@ -1,0 +1,206 @@
+"""The predict pipeline, as in the README's diagram: reader -> runner -> stitcher -> writer.
+
+Four stage objects, each testable alone:
+
+- reader: :class:`~.loader.TileLoader` (threads read, mask and normalise tiles in grid order);
+- runner: :class:`~.runner.InferenceRunner` (tiles -> softmax probabilities on the device);
+- stitcher: :class:`~.stitcher.Stitcher` (blends probabilities into super-tile accumulators);
+- writer: :class:`CoreWriter` (one thread writes finished cores into scratch GeoTIFFs).
+
+:func:`open_stages` opens the outputs and stages and closes them in a safe order on any error
+(the writer thread is stopped before the spill folder and the scratch files are removed);
+:func:`stream` runs the tiles through them super-tile by super-tile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..outputs import atomic_output
+from ..raster.normalize import Normalization
+from ..raster.source import SceneSource
+from ..raster.writer import RasterSpec, StreamedGeoTIFF
+from .grid import TileGrid
+from .loader import TileData, TileLoader
+from .options import WRITER_QUEUE
+from .runner import InferenceRunner
+from .stitcher import FinishedCore, PartialStore, ProbsMode, Stitcher
+
+__all__ = ["CoreWriter", "Stages", "StreamCounts", "batches", "open_stages", "scratch_path", "stream"]
+
+
+def scratch_path(path: Path) -> Path:
+    """The scratch GeoTIFF of an output (hidden, beside it, unique per process)."""
+    return path.with_name(f".{path.stem}.scratch-{os.getpid()}.tif")
+
+
+class CoreWriter:
+    """The writer stage: one thread writes finished cores (and spilled partial sums), in order.
+
+    At most ``max_pending`` jobs wait (back-pressure bounds memory). :meth:`close` cancels what
+    has not started and waits for what has, so nothing writes after it returns.
+    """
+
+    def __init__(
+        self, classes: StreamedGeoTIFF, probs: StreamedGeoTIFF | None, max_pending: int = WRITER_QUEUE
+    ) -> None:
+        self.classes, self.probs = classes, probs
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="segnext-write")
+        self._pending: deque[Future[Any]] = deque()
+        self._max = max(1, max_pending)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue ``fn(*args)`` on the writer thread (waits while ``max_pending`` jobs are queued)."""
+        while len(self._pending) >= self._max:
+            self._pending.popleft().result()
+        fut = self._pool.submit(fn, *args)
+        self._pending.append(fut)
+        return fut
+
+    def write(self, core: FinishedCore) -> None:
+        """Queue a finished core: its classes (and probabilities) at its window."""
+        self.submit(self._write, core)
+
+    def _write(self, core: FinishedCore) -> None:
+        classes, probs, valid = core.numpy()  # waits for the device-to-host copy on this thread
+        window = core.rect.window()
+        self.classes.write(classes[None], window)
+        if self.probs is not None and probs is not None:
+            self.probs.write(probs, window, valid)
+
+    def finish(self) -> None:
+        """Wait for every queued job, then build the final COGs."""
+        while self._pending:
+            self._pending.popleft().result()
+        self.classes.finish()
+        if self.probs is not None:
+            self.probs.finish()
+
+    def close(self) -> None:
+        """Stop the thread: cancel queued jobs, wait for the running one (idempotent)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
+@dataclass
+class Stages:
+    """The opened stages of one run (see the module docstring)."""
+
+    reader: TileLoader
+    runner: InferenceRunner
+    stitcher: Stitcher
+    writer: CoreWriter
+    partials: PartialStore
+
+
+@contextmanager
+def open_stages(
+    source: SceneSource,
+    norm: Normalization,
+    grid: TileGrid,
+    runner: InferenceRunner,
+    *,
+    raster_path: Path,
+    probs_path: Path | None,
+    specs: tuple[RasterSpec, RasterSpec],
+    probs_mode: ProbsMode,
+    blend: Any,
+    batch_size: int,
+    workers: int,
+    overwrite: bool,
+) -> Iterator[Stages]:
+    """Open the outputs (temporary files renamed into place on success) and the four stages.
+
+    On any exception, Ctrl-C included, the reader threads stop, then the writer thread, then
+    the spill folder and the scratch files go, then the temporary outputs: nothing is left.
+    """
+    with ExitStack() as stack:
+        classes_tmp = stack.enter_context(atomic_output(raster_path, overwrite, "--out"))
+        probs_tmp = stack.enter_context(atomic_output(probs_path, overwrite, "--probs-out")) if probs_path else None
+        classes_out = StreamedGeoTIFF(classes_tmp, scratch_path(raster_path), specs[0])
+        stack.callback(classes_out.close)
+        probs_out = None
+        if probs_tmp is not None and probs_path is not None:
+            probs_out = StreamedGeoTIFF(probs_tmp, scratch_path(probs_path), specs[1])
+            stack.callback(probs_out.close)
+        writer = CoreWriter(classes_out, probs_out)
+        partials = PartialStore(raster_path.parent, writer.submit, runner.ops)
+        stack.callback(partials.close)  # runs after writer.close: the writer may be writing into it
+        stack.callback(writer.close)
+        with runner.ops.scope():
+            stitcher = Stitcher(
+                grid, int(runner.num_classes or 0), blend, runner.ops, probs_mode if probs_out else None, partials
+            )
+        prefetch = batch_size + 2 * max(1, workers)
+        reader = stack.enter_context(TileLoader(source, norm, grid.tiles, workers, prefetch=prefetch))
+        yield Stages(reader, runner, stitcher, writer, partials)
+
+
+def batches(reader: TileLoader, batch_size: int) -> Iterator[list[TileData]]:
+    """Tiles in grid order, grouped so that each group holds ``batch_size`` tiles with an image
+    (skipped, all-nodata tiles ride along without taking a place)."""
+    batch: list[TileData] = []
+    images = 0
+    for td in reader:
+        batch.append(td)
+        images += td.image is not None
+        if images == batch_size:
+            yield batch
+            batch, images = [], 0
+    if batch:
+        yield batch
+
+
+@dataclass
+class StreamCounts:
+    """What :func:`stream` did: valid pixels written, tiles run and tiles skipped (all nodata)."""
+
+    pixels: int = 0
+    tiles: int = 0
+    skipped: int = 0
+
+
+def stream(
+    stages: Stages, grid: TileGrid, batch_size: int, tick: Callable[[int], object] = lambda n: None
+) -> StreamCounts:
+    """Run every tile of ``grid`` through the stages and finish the outputs.
+
+    Super-tiles are processed in order; when the first tile of the next one arrives, the current
+    one is finished and its core handed to the writer. ``tick(n)`` reports progress in tiles.
+    """
+    counts = StreamCounts()
+    st, runner, writer = stages.stitcher, stages.runner, stages.writer
+    current = -1
+
+    def finish() -> None:
+        core = st.finish()
+        counts.pixels += core.valid_pixels
+        writer.write(core)
+
+    with runner.ops.scope(), torch.inference_mode():
+        for batch in batches(stages.reader, batch_size):
+            probs = runner.run([td.image for td in batch if td.image is not None])
+            for td in batch:
+                p = next(probs) if td.image is not None else None
+                counts.tiles += 1
+                counts.skipped += p is None
+                if td.tile.supertile != current:
+                    if current >= 0:
+                        finish()
+                    current = td.tile.supertile
+                    st.start(grid.supertiles[current])
+                st.add(td.tile, p, td.valid)
+                tick(1)
+        if current >= 0:
+            finish()
+    writer.finish()
+    return counts
