@@ -76,9 +76,7 @@ def test_discover_inputs_mirrors_relative_paths(archive: Path, tmp_path: Path) -
 def test_local_cluster_failure_isolation_resume_and_merge(archive: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "out"
     merged = tmp_path / "all.gpkg"
-    s = run_batch(
-        [archive], tiny_checkpoint, out, workers=2, mask=True, merge=merged, options=OPTS, progress=False
-    )
+    s = run_batch([archive], tiny_checkpoint, out, workers=2, mask=True, merge=merged, options=OPTS, progress=False)
     assert (s.done, s.skipped, s.failed) == (5, 0, 1)
     st = _statuses(out)
     assert st["broken.tif"] == "failed" and sum(v == "done" for v in st.values()) == 5

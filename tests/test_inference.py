@@ -274,9 +274,7 @@ def test_confidence_band_is_the_top_probability(tmp_path: Path) -> None:
 def test_scene_without_crs_warns_and_keeps_the_pixel_grid(tmp_path: Path) -> None:
     t = Affine(1, 0, 0, 0, -1, 70)
     scene = write_tif(tmp_path / "s.tif", textured((3, 70, 90)), crs=None, transform=t)
-    r = _predict(
-        scene, PixelLinear(3, 2), tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=16, **FAST
-    )
+    r = _predict(scene, PixelLinear(3, 2), tmp_path / "c.tif", meta=pixel_meta(2), tile_size=64, overlap=16, **FAST)
     assert any("has no CRS" in w for w in r.warnings)
     with rasterio.open(r.out) as b:
         assert b.crs is None and b.transform == t and b.shape == (70, 90)

@@ -324,23 +324,24 @@ class CudaOps(DeviceOps):
 
     @contextmanager
     def forward_timer(self, timer: ForwardTimer, images: int) -> Iterator[None]:
-        """CUDA events around the forward on the compute stream; resolved later, never synchronising now."""
+        """CUDA events around the forward on the compute stream; read back later, never waiting now."""
         start = self._event(self.streams["compute"], timing=True)
         yield
         end = self._event(self.streams["compute"], timing=True)
         self._timings.append((start, end, images))
-        if len(self._timings) > 64:  # resolve old pairs (long finished) to keep the list short
-            self._resolve(timer, keep=8)
+        while self._timings and self._timings[0][1].query():  # finished pairs: reading them does not wait
+            self._add_timing(timer)
 
-    def _resolve(self, timer: ForwardTimer, keep: int = 0) -> None:
-        while len(self._timings) > keep:
-            start, end, images = self._timings.pop(0)
+    def _add_timing(self, timer: ForwardTimer) -> None:
+        start, end, images = self._timings.pop(0)
+        if not end.query():
             end.synchronize()
-            timer.add(start.elapsed_time(end) / 1e3, images)
+        timer.add(start.elapsed_time(end) / 1e3, images)
 
     def collect(self, timer: ForwardTimer) -> None:
-        """Add every pending forward time to ``timer`` (waits for them)."""
-        self._resolve(timer)
+        """Add every pending forward time to ``timer`` (waits for them: call after the run)."""
+        while self._timings:
+            self._add_timing(timer)
 
     def synchronize(self) -> None:
         self.api.synchronize(self.index)
