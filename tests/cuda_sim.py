@@ -112,13 +112,13 @@ class SimCuda:
         st = self._state()
         return st.streams[st.device if device is None else device]  # type: ignore[no-any-return]
 
-    def Stream(self, device: int | None = None) -> SimStream:  # noqa: N802 - torch.cuda's name
+    def Stream(self, device: int | None = None) -> SimStream:  # torch.cuda's name
         d = self.current_device() if device is None else device
         s = SimStream(d, sim=self)
         self.log("new_stream", d, stream=s.id)
         return s
 
-    def Event(self, enable_timing: bool = False) -> SimEvent:  # noqa: N802 - torch.cuda's name
+    def Event(self, enable_timing: bool = False) -> SimEvent:  # torch.cuda's name
         e = SimEvent(self, enable_timing)
         self.log("new_event", self.current_device(), event=e.id)
         return e

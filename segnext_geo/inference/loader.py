@@ -2,7 +2,9 @@
 
 GDAL releases the GIL while it reads and decodes, so a few threads keep the model fed
 without the memory cost of worker processes (each would import torch). Tiles come out in
-grid order whatever the number of workers, which keeps the output deterministic.
+grid order whatever the number of workers, which keeps the output deterministic. Each read
+runs under a rasterio environment, so GDAL's messages on reader threads go to logging, not
+raw to stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
 import torch
 from torch import Tensor
 
@@ -45,6 +48,13 @@ def load_tile(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
     if pad_y or pad_x:
         x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="reflect")
     return TileData(tile, torch.from_numpy(np.ascontiguousarray(x)), valid)
+
+
+def _load_in_env(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
+    """:func:`load_tile` on a reader thread, with rasterio's GDAL error handler installed for that
+    thread (without it GDAL would print its messages raw to stderr)."""
+    with rasterio.Env():
+        return load_tile(source, norm, tile)
 
 
 class TileLoader:
@@ -81,12 +91,12 @@ class TileLoader:
         pending: deque[Future[TileData]] = deque()
         it = iter(self.tiles)
         for t in it:
-            pending.append(self._pool.submit(load_tile, self.source, self.norm, t))
+            pending.append(self._pool.submit(_load_in_env, self.source, self.norm, t))
             if len(pending) >= self.prefetch:
                 break
         while pending:
             done = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(self._pool.submit(load_tile, self.source, self.norm, nxt))
+                pending.append(self._pool.submit(_load_in_env, self.source, self.norm, nxt))
             yield done

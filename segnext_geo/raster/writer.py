@@ -15,6 +15,8 @@ so GDAL and libtiff messages become exceptions and log records instead of raw st
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,35 @@ SCRATCH_GDAL_OPTIONS: dict[str, object] = {"GDAL_TIFF_INTERNAL_MASK": True, "GDA
 def gdal_env() -> rasterio.Env:
     """A rasterio environment with :data:`SCRATCH_GDAL_OPTIONS` for the calling thread."""
     return rasterio.Env(**SCRATCH_GDAL_OPTIONS)
+
+
+@functools.cache
+def quiet_libtiff() -> bool:
+    """Stop libtiff's own default handlers from printing to stderr (process-wide, once).
+
+    GDAL gives libtiff a per-file error handler that turns its messages into GDAL errors (and
+    rasterio into exceptions and log records), but some failures, such as a full disk while a
+    block is flushed, reach libtiff's global default handler, which prints a raw line
+    (``_tiffWriteProc: No space left on device.``) before the tool's own error. The failure itself
+    still propagates through GDAL's return codes. Returns whether the loaded libtiff was found.
+    """
+    found = False
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line and "/" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+            lib.TIFFSetWarningHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler(None)
+            lib.TIFFSetWarningHandler(None)
+            found = True
+        except (OSError, AttributeError):
+            continue
+    return found
 
 
 def class_colormap(palette: Sequence[Sequence[int]], nodata: int = 255) -> dict[int, tuple[int, int, int, int]]:
@@ -81,6 +112,7 @@ class StreamedGeoTIFF:
     """
 
     def __init__(self, path: Path, scratch: Path, spec: RasterSpec) -> None:
+        quiet_libtiff()
         self.path = Path(path)
         self.scratch = Path(scratch)
         self.spec = spec
