@@ -42,9 +42,7 @@ def batch(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint (loaded once per worker).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Output folder (mirrors input paths).")],
     fmt: Annotated[str, typer.Option("--format", help="Vector format: gpkg, parquet, fgb or geojson.")] = "gpkg",
-    mask: Annotated[
-        bool, typer.Option("--mask", metavar="", help="Also keep each class raster (<name>.mask.tif).")
-    ] = False,
+    mask: Annotated[bool, typer.Option("--mask", help="Also keep each class raster (<name>.mask.tif).")] = False,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes (default: cores / threads).")] = None,
     threads_per_worker: Annotated[int, typer.Option(help="Threads per worker (torch threads).")] = 1,
@@ -72,7 +70,7 @@ def batch(
     fill_holes_below: FillHoles = None,
     simplify: Simplify = None,
     keep_background: KeepBackground = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.
 

@@ -82,8 +82,8 @@ def predict(
     simplify: Simplify = None,
     connectivity: Connectivity = None,
     keep_background: KeepBackground = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Segment a scene of any size tile by tile into a class raster that matches it pixel for pixel.
 

@@ -15,8 +15,6 @@ import typer
 if TYPE_CHECKING:
     from segnext_geo.inference import PredictOptions
 
-FLAG = ""  # boolean flags take no value: show no type in --help
-
 
 class Blend(StrEnum):
     hann = "hann"
@@ -85,7 +83,6 @@ Deterministic = Annotated[
     bool,
     typer.Option(
         "--deterministic",
-        metavar=FLAG,
         help="Image-by-image forwards, deterministic cuDNN: same bytes at any batch size.",
     ),
 ]
@@ -98,9 +95,7 @@ Simplify = Annotated[
     str | None, typer.Option(help="Vector output: simplification tolerance in metres, or pixels with 'px' (1.5px).")
 ]
 Connectivity = Annotated[int | None, typer.Option(help="Vector output: pixel connectivity, 4 or 8 (default 4).")]
-KeepBackground = Annotated[
-    bool, typer.Option("--keep-background", metavar=FLAG, help="Vector output: also write class 0 polygons.")
-]
+KeepBackground = Annotated[bool, typer.Option("--keep-background", help="Vector output: also write class 0 polygons.")]
 
 
 def build_options(values: dict[str, Any]) -> PredictOptions:

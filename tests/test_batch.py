@@ -250,3 +250,31 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, tiny_checkpoint: Path) ->
     # the killed worker's process id never finished a scene after its death
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 8
+
+
+@pytest.mark.parametrize("case", ["out-dir-is-input-dir", "merge-is-input", "two-scenes-one-output"])
+def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused(
+    tmp_path: Path, tiny_checkpoint: Path, case: str
+) -> None:
+    """Issue 11 item 12, batch side: refused before any cluster starts, inputs untouched."""
+    from segnext_geo.errors import UserError
+
+    root = tmp_path / "in"
+    root.mkdir()
+    _write_scene(root / "a.tif", "EPSG:32633", 1)
+    out, merge = tmp_path / "out", None
+    if case == "out-dir-is-input-dir":
+        _write_scene(root / "a.mask.tif", "EPSG:32633", 2)  # would be a.tif's --mask output
+        out = root
+        message = r"a\.mask\.tif \(output of .*a\.tif\) is the input scene"
+    elif case == "merge-is-input":
+        merge = root / "a.tif"
+        message = r"--merge\) is the input scene"
+    else:
+        _write_scene(root / "a.tiff", "EPSG:32633", 3)  # a.tif and a.tiff both map to a.gpkg
+        message = "would be written twice"
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    with pytest.raises(UserError, match=message):
+        run_batch([root], tiny_checkpoint, out, mask=True, merge=merge, options=OPTS, progress=False)
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.name in before} == before
+    assert not (out / "manifest.jsonl").exists()  # refused before the first manifest row

@@ -385,3 +385,30 @@ def test_vrt_and_jp2_inputs_give_the_geotiff_result(tmp_path: Path) -> None:
         assert (_read(r.out) == want).all()
         with rasterio.open(r.out) as b, rasterio.open(tif) as a:
             assert b.crs == a.crs and b.transform.almost_equals(a.transform)
+
+
+def test_outputs_record_how_they_were_made(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    import segnext_geo
+    from segnext_geo.models import load_model
+
+    scene = write_tif(tmp_path / "s.tif", textured((3, 70, 90)))
+    kw = {"tile_size": 64, "overlap": 16, "tta": "flip", **FAST}
+    a = _predict(scene, tiny_checkpoint, tmp_path / "a.tif", probs_out=tmp_path / "p.tif", **kw)  # type: ignore[arg-type]
+    model = load_model(tiny_checkpoint)
+    b = _predict(scene, model, tmp_path / "b.tif", **kw)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.decode_head.conv_seg.bias[0] += 1e-3
+    c = _predict(scene, model, tmp_path / "c.tif", **kw)  # type: ignore[arg-type]
+    tags = {}
+    for name in ("a", "p", "b", "c"):
+        with rasterio.open(tmp_path / f"{name}.tif") as src:
+            tags[name] = src.tags()
+    t = tags["a"]
+    assert t["model"] == tiny_checkpoint.name and len(t["model_sha256"]) == 64
+    assert (t["tile_size"], t["overlap"], t["blend"], t["tta"]) == ("64", "16", "hann", "flip")
+    assert t["precision"] == "fp32" and t["device"] == "cpu" and t["segnext_geo_version"] == segnext_geo.__version__
+    assert json.loads(t["segnext_geo"])["model_sha256"] == t["model_sha256"]
+    assert tags["p"]["model_sha256"] == t["model_sha256"]  # the probabilities say the same
+    assert tags["b"]["model_sha256"] == t["model_sha256"] and tags["b"]["model"] == "segnext_t"  # weights, not file
+    assert tags["c"]["model_sha256"] != t["model_sha256"]  # one changed weight changes the hash
+    assert a.runner["precision"] == "fp32" and b.plan is not None and b.plan.tile == 64

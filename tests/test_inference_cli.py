@@ -121,3 +121,42 @@ def test_help_teaches_with_an_example() -> None:
     assert proc.returncode == 0
     assert "Example: segnext-geo predict scene.tif" in proc.stdout and "--working-set" in proc.stdout
     assert np.all([opt in proc.stdout for opt in ("--probs-out", "--mask-out", "--min-area", "--tta", "--blend")])
+
+
+def _help(command: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "segnext_geo.cli.app", command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**ENV, "COLUMNS": "220"},
+    )
+    assert proc.returncode == 0
+    return proc.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "batch"])
+def test_help_shows_flags_without_types_and_the_memory_formula(command: str) -> None:
+    text = _help(command)
+    assert "<bool>" not in text  # --overwrite, --quiet, --deterministic, --help take no value
+    assert "Vector output: simplification tolerance in metres, or pixels with 'px'" in text
+    for flag in ("--max-memory", "--precision", "--compile", "--deterministic", "--nodata", "--keep-background"):
+        assert flag in text
+    if command == "predict":
+        assert "E²·(4K + 20 + 3P)" in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--min-area", "5"], "--min-area: only apply to polygons"),
+        (["--simplify", "2px", "--keep-background"], "--keep-background, --simplify: only apply to polygons"),
+        (["--max-memory", "lots"], "--max-memory: 'lots' is not a size like 3G or 512M"),
+        (["--working-set", "10"], "--working-set: must be at least 64 px"),
+        (["--nodata", "x"], "--nodata"),
+    ],
+)
+def test_option_errors_name_the_cli_flag(tmp_path: Path, tiny_checkpoint: Path, extra: list[str], message: str) -> None:
+    scene = write_tif(tmp_path / "s.tif", textured((3, 40, 40)))
+    proc = _cli(scene, "-c", tiny_checkpoint, "-o", tmp_path / "c.tif", "-q", *extra)
+    _one_line_error(proc, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
