@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from segnext_geo.batch import read_manifest, run_batch
-from segnext_geo.inference import predict_scene
+from segnext_geo.inference import InferenceRunner, PredictOptions, predict_scene
 from segnext_geo.models import build_model, load_model, save_checkpoint
 from segnext_geo.synthetic import DEMO_CLASSES, synthesize, write_scene
 
@@ -43,15 +43,15 @@ def main() -> None:
             write_scene(synthesize(args.size, seed=i), scenes / f"scene_{i:03d}.tif")
         torch.manual_seed(0)
         ckpt = save_checkpoint(build_model("tiny", len(DEMO_CLASSES), class_names=list(DEMO_CLASSES)), work / "m.pth")
-        opts = {"tile_size": args.tile_size, "overlap": 64, "batch_size": 4, "device": "cpu"}
+        opts = PredictOptions(tile_size=args.tile_size, overlap=64, batch_size=4, device="cpu")
         print(f"{args.scenes} scenes of {args.size}^2 px, SegNeXt-T, tile {args.tile_size}, {cores} cores")
 
         torch.set_num_threads(cores)
         t = time.perf_counter()
-        model = load_model(ckpt)
+        runner = InferenceRunner(load_model(ckpt), opts.device, compile=opts.compile)  # loaded once, as a worker does
         (work / "seq").mkdir()
         for i, path in enumerate(sorted(scenes.glob("*.tif"))):
-            predict_scene(path, model, work / "seq" / f"{i}.gpkg", progress=False, **opts)
+            predict_scene(path, runner, work / "seq" / f"{i}.gpkg", opts, progress=False)
         t_seq = time.perf_counter() - t
         rows = [("sequential loop of predict_scene", t_seq)]
         for n in (1, 2):
@@ -62,7 +62,7 @@ def main() -> None:
                 work / f"dask{n}",
                 workers=n,
                 threads_per_worker=max(1, cores // n),
-                predict_options=opts,
+                options=opts,
                 progress=False,
             )
             assert s.done == args.scenes and s.failed == 0, s.failures

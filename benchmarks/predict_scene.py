@@ -1,26 +1,28 @@
 """End-to-end ``predict_scene`` on synthetic scenes: overhead over bare forwards, peak memory, MPix/s.
 
-For each scene size (default 2048^2 and 8192^2, uint8 RGB, tiled DEFLATE GeoTIFFs written
-here), a fresh subprocess runs ``predict_scene`` with the tiny SegNeXt (SegNeXt-T, 16 classes)
-at the default settings (tile 1024, overlap 256, batch 8, 2 reader threads, Hann blending,
-automatic working set) and records:
+**Speed** (default: 2048^2 and 8192^2). For each size, a fresh subprocess builds the
+:class:`~segnext_geo.inference.InferenceRunner` that ``predict_scene`` would build with the
+default options (SegNeXt-T, 16 classes: fp32, fused oneDNN kernels, channels_last; ``compile
+auto``, which stays eager below its break-even) and passes *that runner* to ``predict_scene``
+(tile 1024, overlap 256, batch 8, 2 reader threads, Hann blending, automatic working set). The
+runner times its own forwards (``runner.timer``), so the pipeline's forward time is measured
+where predict runs it, with no patching. Then, in the same process, the same runner runs the
+bare forwards: a loop over tiles of the same shape (``--baseline-tiles`` of them, scaled to the
+scene's tile count; 0 times all). It prints:
 
-- wall time of the whole pipeline (read, normalise, forward, softmax, blend, write, COG), and
-  the part of it spent inside model forwards (timed around ``model.forward``);
-- peak RSS of the process right after it (``ru_maxrss``; each size in its own process), and the
-  RSS peak in each quarter of the run (it stays flat once the first super-tile row is done);
-- then, in the same process, the baseline: a plain loop of model forwards, batch by batch, over
-  tiles of the same shape. ``--baseline-tiles`` of them are timed and the time is scaled to the
-  scene's tile count (a few minutes on 2 cores instead of twice the pipeline's time); 0 times all.
+- ratio = pipeline wall time / bare-forward time (target <= 1.10);
+- the pipeline's own forward share (forwards inside the run / its wall time), which needs no
+  second measurement and so is immune to load changes between the two;
+- MPix/s, peak RSS and the RSS peak per quarter of the run (flat once the first super-tile row
+  is done), and the memory model's estimate for the run.
 
-Both measurements are warm (one forward first). It prints the pipeline/baseline ratio (goal
-<= 1.10), MPix/s, both peak RSS figures and their ratio (goal: <= 1.25), and the predicted peak
-for a 100,000^2 scene. On a small machine shared with other jobs, ``--threads 1`` gives stabler
-timings: two OpenMP threads on two busy cores stall at every barrier.
+**Memory** (``--memory``): SegNeXt-T with 16 and with 150 classes, with and without
+``--probs-out``, each in its own process on a 3072^2 scene, against the estimate of
+:func:`segnext_geo.inference.estimate_peak` (the formula in the README and ``--help``).
 
     python benchmarks/predict_scene.py                        # 2048^2 and 8192^2
     python benchmarks/predict_scene.py --sizes 1024,4096      # quicker
-    python benchmarks/predict_scene.py --threads 1 --baseline-tiles 0
+    python benchmarks/predict_scene.py --memory               # the peak-memory formula, 16 and 150 classes
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = 16
 HUGE = 100_000
 
 
@@ -105,71 +106,65 @@ class RSSSampler:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one size; print a JSON line with timings and peak RSS."""
+    """Run one scene in this process; print a JSON line with timings and memory."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from segnext_geo.inference import TileGrid, auto_working_set, predict_scene
+    from segnext_geo.inference import InferenceRunner, PredictOptions, predict_scene
     from segnext_geo.models import load_model
 
+    options = PredictOptions(
+        tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, workers=args.workers, device="cpu"
+    )
     model = load_model(args.checkpoint)
-    inside = [0.0]  # seconds spent in model forwards during the pipeline (measured in the same run)
-    forward = model.forward
+    runner = InferenceRunner(
+        model, options.device, precision=options.precision, compile=options.compile, tta=options.tta
+    )  # exactly what predict_scene builds from these options
+    tile = min(args.tile_size, args.size)
+    x = torch.randn(1, 3, tile, tile)
+    runner(x)  # warm-up (oneDNN builds its kernels on first use) before either measurement
+    runner.timer.reset()
 
-    def timed_forward(x: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
-        y = forward(x)
-        inside[0] += time.perf_counter() - t
-        return y
-
-    grid = TileGrid(args.size, args.size, args.tile_size, args.overlap, auto_working_set(CLASSES))
-    x = torch.randn(args.batch_size, 3, grid.th, grid.tw)
-    with torch.inference_mode():
-        model(x[:1])  # warm-up (oneDNN builds its kernels on first use) before either measurement
-
-    model.forward = timed_forward  # type: ignore[method-assign]
     sampler = RSSSampler()
     t0 = time.perf_counter()
+    probs = Path(args.workdir) / f"probs_{args.size}.tif" if args.probs else None
     r = predict_scene(
-        args.scene,
-        model,
-        Path(args.workdir) / f"classes_{args.size}.tif",
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device="cpu",
-        overwrite=True,
-        progress=not args.quiet,
-    )
+        args.scene, runner, Path(args.workdir) / f"classes_{args.size}.tif", options,
+        probs_out=probs, overwrite=True, progress=not args.quiet,
+    )  # fmt: skip
     pipeline_s = time.perf_counter() - t0
     quarters = sampler.stop()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model.forward = forward  # type: ignore[method-assign]
+    forward_in_pipeline = r.forward_s
 
     n = r.tiles - r.skipped_tiles
     timed_tiles = n if args.baseline_tiles <= 0 else min(n, args.baseline_tiles)
-    with torch.inference_mode():
+    baseline_s = float("nan")
+    if timed_tiles:
+        runner.timer.reset()
         t0 = time.perf_counter()
-        done = 0
-        while done < timed_tiles:
-            b = min(args.batch_size, timed_tiles - done)
-            model(x[:b])
-            done += b
+        for _ in range(timed_tiles):
+            runner(x)  # the same runner, the same fused path, one tile per forward as predict runs it
         baseline_s = (time.perf_counter() - t0) * n / timed_tiles
+    assert r.plan is not None
     print(
         json.dumps(
             {
                 "size": args.size,
+                "classes": args.classes,
+                "probs": bool(args.probs),
                 "tiles": r.tiles,
                 "baseline_tiles": timed_tiles,
                 "pipeline_s": pipeline_s,
-                "forward_in_pipeline_s": inside[0],
+                "forward_in_pipeline_s": forward_in_pipeline,
                 "baseline_s": baseline_s,
                 "peak_rss_mb": peak_kb / 1024,
                 "rss_quarters_mb": quarters,
-                "max_extent": grid.max_extent,
+                "estimate_mb": r.plan.peak_bytes / 2**20,
+                "tile": r.plan.tile,
+                "working_set": r.plan.working_set,
+                "runner": r.runner,
                 "threads": torch.get_num_threads(),
             }
         ),
@@ -177,14 +172,83 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def design_working_set_mb(batch: int, tile: int, overlap: int, workers: int, extent: int) -> float:
-    """The pipeline's size-independent buffers (MB), none of which depends on the scene size."""
-    acc = (CLASSES + 2) * extent * extent * 4  # one super-tile: K sums, weight sum, validity
-    partials = 2 * (CLASSES + 1) * extent * overlap * 4  # strips for the next super-tile and one being spilled
-    logits = 2 * CLASSES * tile * tile * 4  # SegNeXt on the CPU runs image by image: logits + softmax of one
-    tiles = (batch + 2 * max(1, workers) + batch) * 3 * tile * tile * 4  # prefetched tiles + the stacked batch
-    gdal_cache = 64 * 2**20
-    return (acc + partials + logits + tiles + gdal_cache) / 2**20
+def run_child(work: Path, ckpt: Path, scene: Path, size: int, args: argparse.Namespace, **extra: object) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--scene", str(scene), "--checkpoint", str(ckpt)]
+    cmd += ["--workdir", str(work), "--tile-size", str(args.tile_size), "--overlap", str(args.overlap)]
+    cmd += ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", str(args.threads)]
+    cmd += ["--baseline-tiles", str(extra.get("baseline_tiles", args.baseline_tiles))]
+    cmd += ["--classes", str(extra.get("classes", 16))] + (["--probs"] if extra.get("probs") else [])
+    cmd += ["--quiet"] if args.quiet else []
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def speed(args: argparse.Namespace, work: Path, ckpt: Path) -> None:
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        scene = work / f"scene_{size}.tif"
+        t = time.perf_counter()
+        write_scene(scene, size)
+        print(f"scene {size}^2 written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        results.append(run_child(work, ckpt, scene, size, args))
+        scene.unlink()
+    r0 = results[0]
+    print(f"\npredict_scene, SegNeXt-T (16 classes), CPU, {r0['threads']} intra-op thread(s), runner {r0['runner']}")
+    print(f"tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, {args.workers} reader threads\n")
+    print(
+        "| scene | tiles | pipeline s | bare forwards s | ratio | forwards in the run s | forward share "
+        "| MPix/s | km²/h at 0.5 m | peak RSS MB | estimate MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        mpix = r["size"] ** 2 / 1e6 / r["pipeline_s"]
+        km2h = mpix * 1e6 * 0.25 / 1e6 * 3600
+        ratio = r["pipeline_s"] / r["baseline_s"]
+        share = r["forward_in_pipeline_s"] / r["pipeline_s"]
+        print(
+            f"| {r['size']}² | {r['tiles']} | {r['pipeline_s']:.1f} | {r['baseline_s']:.1f} | {ratio:.3f} "
+            f"| {r['forward_in_pipeline_s']:.1f} | {share:.1%} | {mpix:.3f} | {km2h:.1f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['estimate_mb']:.0f} |"
+        )
+    print("\nratio: pipeline wall time / the same runner's bare forwards over as many tiles (target <= 1.10)")
+    print("forward share: forwards timed inside the pipeline run / its wall time (same run, load-proof)")
+    for r in results:
+        q = ", ".join(f"{v:.0f}" for v in r["rss_quarters_mb"])
+        print(f"RSS peak per quarter of the {r['size']}² run (MB): {q}")
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        print(f"\npeak RSS {b['size']}² / {a['size']}² = {b['peak_rss_mb'] / a['peak_rss_mb']:.3f}")
+        hours = HUGE**2 / 1e6 / (b["size"] ** 2 / 1e6 / b["pipeline_s"]) / 3600
+        print(f"time at {HUGE:,}² at the {b['size']}² rate: {hours:.1f} h; peak memory stays at the {b['size']}² level")
+
+
+def memory(args: argparse.Namespace, work: Path) -> None:
+    import torch
+
+    from segnext_geo.models import build_model, save_checkpoint
+
+    size = 3072
+    scene = work / f"scene_{size}.tif"
+    write_scene(scene, size)
+    rows = []
+    for classes in (16, 150):
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(build_model("tiny", classes), work / f"tiny{classes}.pth")
+        for probs in (False, True):
+            r = run_child(work, ckpt, scene, size, args, classes=classes, probs=probs, baseline_tiles=1)
+            rows.append(r)
+            print(
+                f"K={classes} probs={probs}: {r['peak_rss_mb']:.0f} MB, estimate {r['estimate_mb']:.0f}",
+                file=sys.stderr,
+            )
+    print(f"\npeak memory of predict_scene, SegNeXt-T, {size}² scene, tile {args.tile_size}, batch {args.batch_size}\n")
+    print("| classes | --probs-out | tile | working set | measured peak RSS MB | estimate MB | measured / estimate |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['classes']} | {'yes' if r['probs'] else 'no'} | {r['tile']} | {r['working_set']} "
+            f"| {r['peak_rss_mb']:.0f} | {r['estimate_mb']:.0f} | {r['peak_rss_mb'] / r['estimate_mb']:.2f} |"
+        )
 
 
 def main() -> None:
@@ -196,82 +260,33 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument(
-        "--baseline-tiles",
-        type=int,
-        default=24,
-        help="tiles of the bare-forward loop actually timed, scaled to the scene's count (0: all)",
+        "--baseline-tiles", type=int, default=24, help="bare forwards timed, scaled to the tile count (0: all)"
     )
+    p.add_argument("--memory", action="store_true", help="check the peak-memory formula with 16 and 150 classes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--classes", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--probs", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
         return
-
     import torch
 
     from segnext_geo.models import build_model, save_checkpoint
 
-    sizes = [int(s) for s in args.sizes.split(",")]
-    results = []
     with tempfile.TemporaryDirectory(prefix="segnext_bench_predict_") as tmp:
         work = Path(tmp)
+        if args.memory:
+            memory(args, work)
+            return
         torch.manual_seed(0)
-        ckpt = save_checkpoint(build_model("tiny", CLASSES), work / "tiny16.pth")
-        for size in sizes:
-            scene = work / f"scene_{size}.tif"
-            t = time.perf_counter()
-            write_scene(scene, size)
-            print(f"scene {size}^2 written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            cmd = [sys.executable, __file__, "--child", "--size", str(size), "--scene", str(scene)]
-            cmd += ["--checkpoint", str(ckpt), "--workdir", str(work), "--tile-size", str(args.tile_size)]
-            cmd += ["--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
-            cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
-            cmd += ["--baseline-tiles", str(args.baseline_tiles)] + (["--quiet"] if args.quiet else [])
-            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
-            scene.unlink()
-
-    print(f"\npredict_scene, SegNeXt-T ({CLASSES} classes), CPU, {results[0]['threads']} intra-op thread(s), ")
-    print(f"tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, {args.workers} reader threads\n")
-    print("| scene | tiles | pipeline s | bare forwards s | ratio | outside forward | MPix/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        mpix = r["size"] ** 2 / 1e6 / r["pipeline_s"]
-        ratio = r["pipeline_s"] / r["baseline_s"]
-        outside = 1 - r["forward_in_pipeline_s"] / r["pipeline_s"]
-        print(
-            f"| {r['size']}^2 | {r['tiles']} | {r['pipeline_s']:.1f} | {r['baseline_s']:.1f} | {ratio:.3f} "
-            f"| {outside:.1%} | {mpix:.2f} | {r['peak_rss_mb']:.0f} |"
-        )
-    print("\n'outside forward': share of the pipeline's wall time not spent in model forwards (same run, load-proof)")
-    for r in results:
-        print(
-            f"RSS peak per quarter of the {r['size']}^2 run (MB): {', '.join(f'{q:.0f}' for q in r['rss_quarters_mb'])}"
-        )
-    if len(results) >= 2:
-        a, b = results[0], results[-1]
-        rss_ratio = b["peak_rss_mb"] / a["peak_rss_mb"]
-        slope = max(0.0, (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["size"] ** 2 - a["size"] ** 2))
-        linear = b["peak_rss_mb"] + slope * (HUGE**2 - b["size"] ** 2)
-        q = b["rss_quarters_mb"]
-        plateau = max(q[1:])
-        extent = b["max_extent"][0]
-        design = design_working_set_mb(args.batch_size, args.tile_size, args.overlap, args.workers, extent)
-        print(f"\npeak RSS {b['size']}^2 / {a['size']}^2 = {rss_ratio:.3f} (goal <= 1.25)")
-        print(
-            f"predicted peak RSS at {HUGE:,}^2: ~{max(plateau, b['peak_rss_mb']):,.0f} MB: the {b['size']}^2 run "
-            f"already uses full super-tiles of {extent} px, the spill path and a full GDAL cache, and its RSS "
-            f"stays flat after the first quarter (late-quarter growth {q[3] - q[1]:+.0f} MB); size-independent "
-            f"buffers by design ~{design:,.0f} MB + model and libraries. (A linear extrapolation in pixels, "
-            f"which nothing in the pipeline follows, would give {linear:,.0f} MB.)"
-        )
-        hours = HUGE**2 / 1e6 / (b["size"] ** 2 / 1e6 / b["pipeline_s"]) / 3600
-        print(f"time at {HUGE:,}^2 at the {b['size']}^2 rate: {hours:.1f} h")
+        ckpt = save_checkpoint(build_model("tiny", 16), work / "tiny16.pth")
+        speed(args, work, ckpt)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,10 @@ def predict(
     Overlapping tiles are blended as softmax probabilities (Hann window) before the argmax: no seams.
 
     The scene is streamed in super-tiles, so memory does not grow with its width or height. Peak memory, in
-    bytes, with tile T, batch B, K classes, super-tile side E (--working-set), P probability bands (0, 1 or K)
-    and a = 300-460 activation bytes per pixel (SegNeXt-T to -L): about 0.5e9 + T²·(a + 4K) + E²·(4K + 20 + 3P)
-    + 16(K + 1)·overlap·E + 12(B + 5)·T². The automatic working set (and, if needed, a smaller tile) keeps it
-    under --max-memory.
+    bytes, with tile T, batch B, K classes, super-tile side E (--working-set), P probability bands (0, 1 or K),
+    W the checkpoint's weight bytes and a = 220-510 activation bytes per pixel (SegNeXt-T to -L): about
+    0.8e9 + 2W + T²·(a + 4K) + E²·(4K + 20 + 3P) + 16(K + 1)·overlap·E + 12(B + 5)·T². The automatic working
+    set (and, if needed, a smaller tile) keeps it under --max-memory.
 
     Output: a COG (uint8, nodata 255, colour table, class_names tag) with the scene's CRS and grid.
 

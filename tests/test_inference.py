@@ -398,7 +398,7 @@ def test_outputs_record_how_they_were_made(tmp_path: Path, tiny_checkpoint: Path
     b = _predict(scene, model, tmp_path / "b.tif", **kw)  # type: ignore[arg-type]
     with torch.no_grad():
         model.decode_head.conv_seg.bias[0] += 1e-3
-    c = _predict(scene, model, tmp_path / "c.tif", **kw)  # type: ignore[arg-type]
+    _predict(scene, model, tmp_path / "c.tif", **kw)  # type: ignore[arg-type]
     tags = {}
     for name in ("a", "p", "b", "c"):
         with rasterio.open(tmp_path / f"{name}.tif") as src:

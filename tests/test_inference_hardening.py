@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from segnext_geo.errors import UserError
 from segnext_geo.inference import PredictOptions, TileGrid, estimate_peak, plan_memory, predict_scene
+from segnext_geo.inference.options import ACTIVATION_BYTES_PER_PX
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,7 +150,7 @@ def test_memory_plan_keeps_the_estimated_peak_under_the_budget(classes: int, pro
     grid = TileGrid(20_000, 30_000, plan.tile, plan.overlap, plan.working_set)
     again = estimate_peak(
         tile=plan.tile, overlap=plan.overlap, batch=8, classes=classes, bands=3, extent=grid.max_extent,
-        probs_bands=classes if probs else 0, activation_bytes_per_px=300.0,
+        probs_bands=classes if probs else 0, activation_bytes_per_px=ACTIVATION_BYTES_PER_PX["segnext_t"],
     )  # fmt: skip
     assert again == plan.peak_bytes
     if classes == 19:

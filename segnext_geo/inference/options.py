@@ -206,13 +206,14 @@ def auto_working_set(num_classes: int, budget: int = ACCUMULATOR_BYTES) -> int:
 
 # ---- memory model ----------------------------------------------------------------------------
 
-#: Resident memory of a predict process before any tile: Python, torch, GDAL, numpy (bytes).
-BASE_BYTES = 420 * 2**20
-#: Peak activation memory of one fused SegNeXt forward, bytes per input pixel (measured at
-#: 1024^2 on the CPU, fp32, ``benchmarks/predict_scene.py --memory``), excluding the logits.
-ACTIVATION_BYTES_PER_PX = {"segnext_t": 300.0, "segnext_s": 420.0, "segnext_b": 420.0, "segnext_l": 460.0}
+#: Resident memory of a predict process before any tile and besides the weights: Python, torch,
+#: GDAL, numpy (measured: 815 MiB with SegNeXt-T loaded and folded, of which 34 MB weights).
+BASE_BYTES = 780 * 2**20
+#: Peak memory of one fused fp32 SegNeXt forward on the CPU beyond its K logit planes, bytes per
+#: input pixel (measured at 1024^2 with 16 classes: T 216, S 378, B 397, L 508).
+ACTIVATION_BYTES_PER_PX = {"segnext_t": 220.0, "segnext_s": 380.0, "segnext_b": 400.0, "segnext_l": 510.0}
 #: For other models (unknown): assume the largest SegNeXt.
-DEFAULT_ACTIVATION_BYTES_PER_PX = 460.0
+DEFAULT_ACTIVATION_BYTES_PER_PX = 510.0
 GDAL_CACHE_BYTES = 64 * 2**20
 #: Finished cores queued for the writer thread at most.
 WRITER_QUEUE = 2
@@ -249,6 +250,8 @@ def estimate_peak(
 
     ``peak = base + model + forward + accumulators + hand-on + finish + writer queue + reader + GDAL``:
 
+    - base: the process before any tile (780 MiB) plus ``model_bytes`` (the weights and their
+      folded copy);
     - forward: ``n * T^2 * (a + 4 K (1 + [TTA]))`` with ``n`` = 1 image on the CPU (``batch`` on
       CUDA, where this term is GPU memory), ``a`` the variant's activation bytes per pixel;
     - accumulators: ``(4 (K + 1) + 1) * E_h * E_w`` (int32 sums and weight sum, bool validity);

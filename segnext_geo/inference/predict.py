@@ -128,6 +128,7 @@ def predict_scene(
         probs_bands=probs_bands,
         per_image=runner.per_image,
         variant=meta.variant if runner.segnext else None,
+        model_bytes=runner.weight_bytes(),
     )
     notes += plan.notes
     grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set)

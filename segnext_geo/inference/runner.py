@@ -305,6 +305,12 @@ class InferenceRunner:
         else:
             yield from self.probabilities(self.ops.upload(images, "compute"))
 
+    def weight_bytes(self) -> int:
+        """Bytes of the weights held: the model as given and the runner's folded copy."""
+        tensors = [*self.source_model.parameters(), *self.source_model.buffers()]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        return size * (2 if self.model is not self.source_model else 1)
+
     def forward_seconds(self) -> float:
         """Seconds spent in model forwards so far (collects pending CUDA timings)."""
         self.ops.collect(self.timer)
