@@ -114,7 +114,9 @@ class PartialStore:
     def put(self, target: int, rect: Rect, data: Tensor, spill: bool) -> None:
         if spill:
             path = self._folder() / f"partial-{next(self._count)}.npy"
-            copy = self._ops.download([data.contiguous() if data.device.type != "cpu" else data.clone()], "blend")
+            # a copy first (on the blend queue): the accumulator buffer is zeroed for the next super-tile
+            # while the device-to-host copy may still be pending
+            copy = self._ops.download([data.clone()], "blend")
             self.spilled_bytes += data.numel() * data.element_size()
             self._items.setdefault(target, []).append((rect, (path, self._submit(_save, path, copy))))
         else:
