@@ -110,7 +110,7 @@ class VectorOptions:
     block_size: int = 2048
     workers: int = 1
     to_wgs84: bool = False
-    nodata: float | None = None
+    nodata: int | float | None = None
     force_classes: bool = False
 
     def __post_init__(self) -> None:
@@ -147,8 +147,8 @@ class VectorOptions:
             raise UserError(f"--workers: must be at least 1, got {self.workers!r}")
         put("workers", workers)
         put("to_wgs84", _bool(self.to_wgs84, "--to-wgs84"))
-        if self.nodata is not None:
-            put("nodata", _number(self.nodata, "--nodata", "a number"))
+        if self.nodata is not None and not (isinstance(self.nodata, int) and not isinstance(self.nodata, bool)):
+            put("nodata", _number(self.nodata, "--nodata", "a number"))  # ints stay exact (int64 class ids)
         put("force_classes", _bool(self.force_classes, "--force-classes"))
 
     @property

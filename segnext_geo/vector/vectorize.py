@@ -37,7 +37,7 @@ from .parts import Parts
 from .polygonize import BlockGrid, PolygonizeJob
 from .postprocess import Finished, Finisher
 from .seams import SeamStitcher
-from .source import class_name_lookup, open_mask, open_probs
+from .source import MAX_CLASSES, class_name_lookup, not_classes, open_mask, open_probs
 from .workers import Runner
 from .writers import FeatureWriter, output_driver
 
@@ -104,7 +104,8 @@ def vectorize_raster(
         class_names: names of classes ``0..K-1``; default: the mask's ``class_names`` tag (JSON
             list), else ``class_<id>``.
         overwrite: replace an existing ``out``.
-        source: the ``source`` column (default: the mask path).
+        source: the ``source`` column, and the name warnings give the raster (default: the mask
+            path); ``predict`` passes the user's scene, not its temporary class raster.
         layer: layer name (default: ``out``'s stem).
         progress: show a tqdm bar over blocks (on stderr).
 
@@ -121,17 +122,20 @@ def vectorize_raster(
     out_path = Path(out)
     check_outputs([mask] + ([probs] if probs is not None else []), [("--out", out_path)], overwrite)
     driver = output_driver(out_path)
-    m = open_mask(mask)
+    shown = str(mask) if source is None else source
+    m = open_mask(
+        mask, nodata=opts.nodata, force_classes=opts.force_classes, named=class_names is not None, shown=shown
+    )
     notes: list[str] = list(m.notes)
     names = list(class_names) if class_names is not None else (list(m.tag_class_names or []) or None)
     p = open_probs(probs, m, names) if probs is not None else None
     if m.crs_wkt is None:
         notes.append(
-            f"{m.path}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
+            f"{shown}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
             "(pixels for an identity transform), not metres"
         )
     meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=opts.to_wgs84)
-    notes.extend(f"{m.path}: {n}" for n in meter.notes)
+    notes.extend(f"{shown}: {n}" for n in meter.notes)
     tol = opts.tolerance
     simplify_px = None if tol is None else (tol[0] if tol[1] == "px" else tol[0] / meter.pixel_size_m())
     with_conf = p is not None
@@ -152,6 +156,7 @@ def vectorize_raster(
         keep_background=opts.keep_background,
         connectivity=opts.connectivity,
         finisher=finisher,
+        count_classes=names is None and not opts.force_classes,
     )
     layer_name = layer or out_path.stem
     units = (
@@ -217,6 +222,7 @@ def _run(
     holes: list[GeomArray] = []
     queue: deque[Finished | Future[Finished]] = deque()
     dropped = max_open = n_deferred = 0
+    seen: set[int] = set()
 
     def drain(wait: bool) -> None:
         nonlocal dropped, n_deferred
@@ -236,6 +242,10 @@ def _run(
         if runner.note:
             notes.append(runner.note)
         for res in runner.blocks():
+            if job.count_classes and res.class_ids is not None:
+                seen.update(res.class_ids.tolist())
+                if len(seen) > MAX_CLASSES:  # the sample in open_mask missed it
+                    raise not_classes(job.mask.path)
             queue.append(res.finished)
             closed = stitcher.add(res)
             max_open = max(max_open, stitcher.n_open + sum(len(g.geoms) for g in closed))
