@@ -412,3 +412,18 @@ def test_outputs_record_how_they_were_made(tmp_path: Path, tiny_checkpoint: Path
     assert tags["b"]["model_sha256"] == t["model_sha256"] and tags["b"]["model"] == "segnext_t"  # weights, not file
     assert tags["c"]["model_sha256"] != t["model_sha256"]  # one changed weight changes the hash
     assert a.runner["precision"] == "fp32" and b.plan is not None and b.plan.tile == 64
+
+
+def test_nodata_option_overrides_the_file(tmp_path: Path) -> None:
+    """--nodata 0 on a scene with an undeclared 0 collar: the collar is nodata in the output and never predicted."""
+    img = textured((3, 90, 140), seed=14)
+    img[:, :, :70] = 0  # an undeclared collar covering whole tiles
+    scene = write_tif(tmp_path / "s.tif", img)
+    model = PixelLinear(3, 3)
+    model.record = True
+    plain = _predict(scene, PixelLinear(3, 3), tmp_path / "a.tif", meta=pixel_meta(3), tile_size=64, overlap=16)
+    r = _predict(scene, model, tmp_path / "b.tif", meta=pixel_meta(3), tile_size=64, overlap=16, nodata=0)
+    assert plain.pixels == 90 * 140 and (_read(tmp_path / "a.tif") != 255).all()
+    out = _read(tmp_path / "b.tif")[0]
+    assert (out[:, :70] == 255).all() and (out[:, 70:] != 255).all() and r.pixels == 90 * 70
+    assert r.skipped_tiles > 0 and sum(x.shape[0] for x in model.seen) == r.tiles - r.skipped_tiles

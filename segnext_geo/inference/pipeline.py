@@ -31,9 +31,9 @@ from ..raster.source import SceneSource
 from ..raster.writer import RasterSpec, StreamedGeoTIFF
 from .grid import TileGrid
 from .loader import TileData, TileLoader
-from .options import WRITER_QUEUE
+from .options import WRITER_QUEUE, PredictOptions
 from .runner import InferenceRunner
-from .stitcher import FinishedCore, PartialStore, ProbsMode, Stitcher
+from .stitcher import FinishedCore, PartialStore, Stitcher
 
 __all__ = ["CoreWriter", "Stages", "StreamCounts", "batches", "open_stages", "scratch_path", "stream"]
 
@@ -108,14 +108,10 @@ def open_stages(
     norm: Normalization,
     grid: TileGrid,
     runner: InferenceRunner,
-    *,
+    options: PredictOptions,
     raster_path: Path,
     probs_path: Path | None,
     specs: tuple[RasterSpec, RasterSpec],
-    probs_mode: ProbsMode,
-    blend: Any,
-    batch_size: int,
-    workers: int,
     overwrite: bool,
 ) -> Iterator[Stages]:
     """Open the outputs (temporary files renamed into place on success) and the four stages.
@@ -137,11 +133,10 @@ def open_stages(
         stack.callback(partials.close)  # runs after writer.close: the writer may be writing into it
         stack.callback(writer.close)
         with runner.ops.scope():
-            stitcher = Stitcher(
-                grid, int(runner.num_classes or 0), blend, runner.ops, probs_mode if probs_out else None, partials
-            )
-        prefetch = batch_size + 2 * max(1, workers)
-        reader = stack.enter_context(TileLoader(source, norm, grid.tiles, workers, prefetch=prefetch))
+            probs_mode = options.probs_mode if probs_out else None
+            stitcher = Stitcher(grid, int(runner.num_classes or 0), options.blend, runner.ops, probs_mode, partials)
+        prefetch = options.batch_size + 2 * max(1, options.workers)
+        reader = stack.enter_context(TileLoader(source, norm, grid.tiles, options.workers, prefetch=prefetch))
         yield Stages(reader, runner, stitcher, writer, partials)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -28,7 +29,7 @@ from ..errors import UserError
 from ..models import ModelMeta, load_model
 from ..outputs import check_outputs, sigterm_as_interrupt
 from ..raster.normalize import compute_normalization
-from ..raster.source import SceneSource, check_scene, open_scene
+from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene
 from .blend import effective_mode
 from .grid import TileGrid
 from .metadata import model_digest, model_name, output_specs, provenance_tags
@@ -105,86 +106,30 @@ def predict_scene(
     """
     t0 = time.perf_counter()
     opts = options if options is not None else PredictOptions()
-    notes: list[str] = []
-    raster_path, probs_path, mask_path = _check_paths(
-        scene, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite
-    )
+    paths = _check_paths(scene, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite)
     with _quiet_rasterio():
         check_scene(scene)
-    runner, meta = _runner(model_or_checkpoint, meta, opts)
-    with _quiet_rasterio():
-        info = open_scene(scene, opts.bands, meta.bands, needed=len(meta.bands))
-    if info.crs is None and not info.gcps:
-        notes.append(f"{info.path}: has no CRS; the output keeps the same pixel grid without a CRS")
-    if opts.tile != opts.tile_size:
-        notes.append(f"--tile-size: rounded {opts.tile_size} to {opts.tile} px (a multiple of 32)")
-    probs_bands = 0 if probs_path is None else (1 if opts.probs_mode == "confidence" else meta.num_classes)
-    plan = plan_memory(
-        opts,
-        info.height,
-        info.width,
-        classes=meta.num_classes,
-        bands=len(info.bands),
-        probs_bands=probs_bands,
-        per_image=runner.per_image,
-        variant=meta.variant if runner.segnext else None,
-        model_bytes=runner.weight_bytes(),
-    )
-    notes += plan.notes
-    grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set)
-    runner.plan(len(grid), (grid.th, grid.tw))
+        runner, meta = _runner(model_or_checkpoint, meta, opts)
+        info = open_scene(scene, opts.bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
+    plan, grid, notes = _plan(info, meta, runner, opts, paths)
     forward_before = runner.forward_seconds()
-    for note in notes:
-        log.warning(note)
-    from tqdm import tqdm
-
-    with (
-        sigterm_as_interrupt(),
-        _quiet_rasterio(),
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        _write_errors(raster_path),
-        SceneSource(info) as source,
-    ):
+    with _run_environment(paths.raster), SceneSource(info) as source:
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
-        made = {
-            "model": model_name(model_or_checkpoint, meta),
-            "model_sha256": model_digest(runner.source_model),
-            "tile_size": grid.tile_size,
-            "overlap": grid.overlap,
-            "blend": effective_mode(opts.blend, grid.tile_size, grid.overlap),
-            **{k: runner.describe()[k] for k in ("tta", "precision", "device", "compiled")},
-            "normalization": norm.describe(),
-            "bands": list(info.bands),
-        }
-        specs = output_specs(info, meta, provenance_tags(made), opts.probs_mode)
+        made = _provenance(model_or_checkpoint, meta, runner, grid, opts, norm.describe(), info.bands)
+        specs = output_specs(info, meta, made, opts.probs_mode)
         with (
-            open_stages(
-                source,
-                norm,
-                grid,
-                runner,
-                raster_path=raster_path,
-                probs_path=probs_path,
-                specs=specs,
-                probs_mode=opts.probs_mode,
-                blend=opts.blend,
-                batch_size=opts.batch_size,
-                workers=opts.workers,
-                overwrite=overwrite or (raster_path != Path(out) and mask_path is None),
-            ) as stages,
-            tqdm(
-                total=len(grid), unit="tile", desc=Path(info.path).name, disable=not progress, dynamic_ncols=True
-            ) as bar,
+            open_stages(source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite) as stages,
+            _progress_bar(len(grid), info.path, progress) as bar,
         ):
             counts = stream(stages, grid, opts.batch_size, bar.update)
     if counts.pixels == 0:
         notes.append(f"{info.path}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
         log.warning(notes[-1])
-    polygons = _vectorize(raster_path, Path(out), probs_path, meta, opts, scene, overwrite, progress, mask_path)
+    polygons = _vectorize(paths, meta, opts, scene, overwrite, progress)
     return PredictResult(
-        out=Path(out),
-        mask_path=mask_path,
-        probs_path=probs_path,
+        out=paths.out,
+        mask_path=paths.mask,
+        probs_path=paths.probs,
         pixels=counts.pixels,
         tiles=len(grid),
         skipped_tiles=counts.skipped,
@@ -197,6 +142,94 @@ def predict_scene(
     )
 
 
+@dataclass(frozen=True)
+class _Paths:
+    """Where a run writes: ``raster`` is the class raster (``out``, ``--mask-out`` or a hidden
+    temporary beside a vector ``out``); ``overwrite`` applies to ``raster`` and ``probs``."""
+
+    out: Path
+    raster: Path
+    probs: Path | None
+    mask: Path | None
+    overwrite: bool
+
+    @property
+    def vector(self) -> bool:
+        return self.out.suffix.lower() in VECTOR_SUFFIXES
+
+
+def _plan(
+    info: SceneInfo, meta: ModelMeta, runner: InferenceRunner, opts: PredictOptions, paths: _Paths
+) -> tuple[MemoryPlan, TileGrid, list[str]]:
+    """The memory plan, the tile grid and the run's notes (logged here); decides ``compile="auto"``."""
+    notes = list(info.notes)  # already logged by open_scene
+    new: list[str] = []
+    if info.crs is None and not info.gcps:
+        new.append(f"{info.path}: has no CRS; the output keeps the same pixel grid without a CRS")
+    if opts.tile != opts.tile_size:
+        new.append(f"--tile-size: rounded {opts.tile_size} to {opts.tile} px (a multiple of 32)")
+    probs_bands = 0 if paths.probs is None else (1 if opts.probs_mode == "confidence" else meta.num_classes)
+    plan = plan_memory(
+        opts,
+        info.height,
+        info.width,
+        classes=meta.num_classes,
+        bands=len(info.bands),
+        probs_bands=probs_bands,
+        per_image=runner.per_image,
+        variant=meta.variant if runner.segnext else None,
+        model_bytes=runner.weight_bytes(),
+    )
+    new += plan.notes
+    for note in new:
+        log.warning(note)
+    grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set)
+    runner.plan(len(grid), (grid.th, grid.tw))
+    return plan, grid, notes + new
+
+
+def _provenance(
+    model_or_checkpoint: ModelInput,
+    meta: ModelMeta,
+    runner: InferenceRunner,
+    grid: TileGrid,
+    opts: PredictOptions,
+    normalization: dict[str, object],
+    bands: tuple[int, ...],
+) -> dict[str, str]:
+    """The metadata tags that record how the outputs were made (:mod:`.metadata`)."""
+    how = runner.describe()
+    made = {
+        "model": model_name(model_or_checkpoint, meta),
+        "model_sha256": model_digest(runner.source_model),
+        "tile_size": grid.tile_size,
+        "overlap": grid.overlap,
+        "blend": effective_mode(opts.blend, grid.tile_size, grid.overlap),
+        **{k: how[k] for k in ("tta", "precision", "device", "compiled")},
+        "normalization": normalization,
+        "bands": list(bands),
+    }
+    return provenance_tags(made)
+
+
+@contextmanager
+def _run_environment(raster: Path) -> Iterator[None]:
+    """SIGTERM as Ctrl-C, quiet georeferencing warnings, GDAL's cache size, clean write errors."""
+    with (
+        sigterm_as_interrupt(),
+        _quiet_rasterio(),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        _write_errors(raster),
+    ):
+        yield
+
+
+def _progress_bar(tiles: int, scene: str, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=tiles, unit="tile", desc=Path(scene).name, disable=not progress, dynamic_ncols=True)
+
+
 def _check_paths(
     scene: str | Path,
     model_or_checkpoint: ModelInput,
@@ -205,8 +238,8 @@ def _check_paths(
     mask_out: str | Path | None,
     opts: PredictOptions,
     overwrite: bool,
-) -> tuple[Path, Path | None, Path | None]:
-    """Check every output before any work; returns (class raster path, probs path, mask path)."""
+) -> _Paths:
+    """Check every output before any work is done."""
     out_path = Path(out)
     suffix = out_path.suffix.lower()
     vector = suffix in VECTOR_SUFFIXES
@@ -232,9 +265,10 @@ def _check_paths(
         inputs.append(model_or_checkpoint)
     given = [("--out", out_path), ("--probs-out", probs_path), ("--mask-out", mask_path)]
     check_outputs(inputs, given, overwrite)
-    if vector and mask_path is None:
-        return out_path.with_name(f".{out_path.stem}.mask-{os.getpid()}.tif"), probs_path, None
-    return (mask_path if vector and mask_path is not None else out_path), probs_path, mask_path
+    if vector and mask_path is None:  # a hidden, temporary class raster beside the vector output
+        temp = out_path.with_name(f".{out_path.stem}.mask-{os.getpid()}.tif")
+        return _Paths(out_path, temp, probs_path, None, True)
+    return _Paths(out_path, mask_path if mask_path is not None else out_path, probs_path, mask_path, overwrite)
 
 
 def _vector_flags(opts: PredictOptions) -> str:
@@ -278,27 +312,19 @@ def _runner(
 
 
 def _vectorize(
-    raster: Path,
-    out: Path,
-    probs: Path | None,
-    meta: ModelMeta,
-    opts: PredictOptions,
-    scene: str | Path,
-    overwrite: bool,
-    progress: bool,
-    mask_path: Path | None,
+    paths: _Paths, meta: ModelMeta, opts: PredictOptions, scene: str | Path, overwrite: bool, progress: bool
 ) -> int | None:
     """Vectorize the class raster into a vector ``out`` (then drop a temporary class raster)."""
-    if out.suffix.lower() not in VECTOR_SUFFIXES:
+    if not paths.vector:
         return None
     from ..vector import vectorize_raster
 
     try:
         result = vectorize_raster(
-            raster,
-            out,
+            paths.raster,
+            paths.out,
             opts.vector,
-            probs=probs,
+            probs=paths.probs,
             class_names=list(meta.class_names),
             overwrite=overwrite,
             source=str(scene),
@@ -306,8 +332,8 @@ def _vectorize(
         )
         return int(result.count)
     finally:
-        if mask_path is None:
-            raster.unlink(missing_ok=True)
+        if paths.mask is None:
+            paths.raster.unlink(missing_ok=True)
 
 
 @contextmanager
