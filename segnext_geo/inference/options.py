@@ -292,7 +292,8 @@ def plan_memory(
 
     The automatic working set starts at :func:`auto_working_set` (256 MiB of accumulators) and
     shrinks, one tile row at a time, until :func:`estimate_peak` fits the budget; if a single-tile
-    super-tile still does not fit, the tile is halved (not below 256 px, overlap scaled with it).
+    super-tile still does not fit, the tile shrinks by a quarter at a time (not below 256 px, the
+    overlap scaled with it).
     An explicit ``--working-set`` or a budget that nothing fits is kept, with a note.
     """
     act = ACTIVATION_BYTES_PER_PX.get(variant or "", DEFAULT_ACTIVATION_BYTES_PER_PX)
@@ -333,9 +334,10 @@ def plan_memory(
         while p > budget and ws > tile:
             ws = max(tile, ws - (tile - overlap))
             p, _ = peak(tile, overlap, ws)
-        if p <= budget or tile // 2 < MIN_PLAN_TILE:
+        smaller = round_tile_size(tile * 3 // 4)
+        if p <= budget or smaller < MIN_PLAN_TILE:
             break
-        tile, overlap = round_tile_size(tile // 2), overlap // 2
+        tile, overlap = smaller, overlap * smaller // tile
     if tile != options.tile:
         notes.append(
             f"--tile-size: {options.tile} px tiles with {classes} classes need more than --max-memory "
