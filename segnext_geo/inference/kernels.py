@@ -5,7 +5,8 @@ into the convolutions, what still costs memory passes is the element-wise work b
 the GELU after ``proj_1``, after every MLP depthwise conv and in the stem (18 % of a SegNeXt-T
 forward), the adds of the attention branches, the attention product and the MLP residual.
 oneDNN applies these as post-ops of the convolution that produces the operand, so each is
-computed while the convolution's output is still in registers. These are the same kernels
+computed while the convolution's output is still in registers. Every other convolution calls
+oneDNN directly too (ATen would run the 1x1 ones as a slower GEMM on channels_last input). These are the same kernels
 ``torch.compile`` (inductor with ``freezing``) emits for this model on the CPU, called in eager
 mode, so there is no compile time.
 
@@ -69,6 +70,26 @@ def conv_binary(conv: nn.Conv2d, x: Tensor, other: Tensor, op: str) -> Tensor:
     )
 
 
+class OneDNNConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose fp32 CPU forward calls oneDNN directly: ATen sends 1x1 convolutions on
+    channels_last input to its GEMM path instead, ~30 % slower here. Same weights, same result to rounding."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _fast(x):
+            return super().forward(x)
+        pad, stride, dil, groups = _args(self)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, pad, stride, dil, groups, "none", [], None
+        )
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> OneDNNConv2d:
+        """The same convolution (sharing its parameters) as a :class:`OneDNNConv2d`."""
+        new = cls.__new__(cls)
+        new.__dict__ = conv.__dict__.copy()  # parameters, buffers, hooks and hyper-parameters
+        return new
+
+
 class FusedMSCA(nn.Module):
     """:class:`~segnext_geo.models.mscan.MSCAAttention` with the branch sums and the final product fused.
 
@@ -94,9 +115,11 @@ class FusedMSCA(nn.Module):
 
 
 class KernelFusedBlock(nn.Module):
-    """A :class:`~segnext_geo.models.fuse.FusedBlock` whose GELUs, attention and MLP residual are post-ops.
+    """A :class:`~segnext_geo.models.fuse.FusedBlock` whose GELUs, attention and residuals are post-ops.
 
-    ``(N, C, H, W) -> (N, C, H, W)``; the same operations in the same order as ``FusedBlock``.
+    ``(N, C, H, W) -> (N, C, H, W)``; the same operations as ``FusedBlock``, except that the
+    attention residual ``proj_2(a) + (x * scale + shift)`` is added by ``proj_2`` as a post-op
+    (``FusedBlock`` adds ``shift`` first: the same sum in another order).
     """
 
     skip_scale: Tensor
@@ -114,8 +137,8 @@ class KernelFusedBlock(nn.Module):
         self.fc2 = block.fc2
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.proj_2(self.spatial_gating_unit(conv_gelu(self.proj_1, x)))
-        x = torch.addcmul(self.skip_shift + y, x, self.skip_scale)
+        a = self.spatial_gating_unit(conv_gelu(self.proj_1, x))
+        x = conv_binary(self.proj_2, a, torch.addcmul(self.skip_shift, x, self.skip_scale), "add")
         return conv_binary(self.fc2, conv_gelu(self.dwconv, self.fc1(x)), x, "add")
 
 
@@ -133,7 +156,8 @@ class KernelFusedStem(nn.Module):
 
 @torch.no_grad()
 def fuse_cpu_kernels(model: SegNeXt) -> SegNeXt:
-    """Swap the folded blocks and stem of ``model`` (output of ``fuse_for_inference``) in place; returns it."""
+    """Swap the folded blocks and stem of ``model`` (output of ``fuse_for_inference``) in place and
+    route every other convolution through oneDNN (:class:`OneDNNConv2d`); returns ``model``."""
     bb = model.backbone
     if isinstance(bb.patch_embed1, _FusedStem):
         bb.patch_embed1 = KernelFusedStem(bb.patch_embed1)
@@ -142,4 +166,8 @@ def fuse_cpu_kernels(model: SegNeXt) -> SegNeXt:
         for j, blk in enumerate(blocks):
             if isinstance(blk, FusedBlock):
                 blocks[j] = KernelFusedBlock(blk)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d:
+                setattr(parent, name, OneDNNConv2d.of(child))
     return model
