@@ -194,6 +194,10 @@ class Stitcher:
             h, w = grid.max_extent
             # one buffer for every super-tile: zeroing it is ~10x cheaper than faulting in fresh pages
             self._acc_buffer = torch.empty((self.k + 1, h, w), dtype=torch.int32, device=self.device)
+            # the same for the quantisation scratch of one chunk of classes of one tile
+            chunk = min(self.k, max(1, QUANT_CHUNK // (grid.th * grid.tw))) * grid.th * grid.tw
+            self._float_scratch = torch.empty(chunk, dtype=torch.float32, device=self.device)
+            self._int_scratch = torch.empty(chunk, dtype=torch.int32, device=self.device)
         self._valid_buffer = np.empty((h, w), dtype=bool)
         self.st: SuperTile | None = None
         self.acc: Tensor | None = None
@@ -226,11 +230,14 @@ class Stitcher:
         with self.ops.queue("blend"):
             weight = self.wy[tile.row][:h, None] * self.wx[tile.col][None, :w]  # (h, w) in 2**-27 units
             region = self.acc[:, y0 : y0 + h, x0 : x0 + w]
-            step = max(1, QUANT_CHUNK // (h * w))
+            step = max(1, self._float_scratch.numel() // (h * w))
             for k0 in range(0, self.k, step):
                 k1 = min(self.k, k0 + step)
-                q = torch.mul(probs[k0:k1, :h, :w], weight).round_()
-                region[k0:k1].add_(q.to(torch.int32))
+                f = self._float_scratch[: (k1 - k0) * h * w].view(k1 - k0, h, w)
+                q = self._int_scratch[: (k1 - k0) * h * w].view(k1 - k0, h, w)
+                torch.mul(probs[k0:k1, :h, :w], weight, out=f)
+                q.copy_(f.round_())  # exact: whole numbers below 2**31
+                region[k0:k1].add_(q)
             region[self.k].add_(weight.round().to(torch.int32))
 
     def finish(self) -> FinishedCore:
@@ -243,13 +250,9 @@ class Stitcher:
         with self.ops.queue("blend"):
             self._hand_on(st, acc)
             sums, wsum = acc[: self.k, :h, :w], acc[self.k, :h, :w]
-            best = sums[0].clone()
-            classes = torch.zeros((h, w), dtype=torch.uint8, device=self.device)
-            for k in range(1, self.k):
-                better = sums[k] > best  # strict: ties keep the lower class, like argmax
-                torch.maximum(best, sums[k], out=best)
-                classes.masked_fill_(better, k)
-            classes.masked_fill_(wsum <= 0, NODATA)
+            best, index = torch.max(sums, dim=0)  # on ties the lowest class (the first maximum)
+            classes = index.to(torch.uint8).masked_fill_(wsum <= 0, NODATA)
+            del index
             probs = self._probabilities(sums, wsum, best) if self.probs_mode is not None else None
             copy = self.ops.download([classes, probs], "blend")
         self.st = self.acc = self.valid = None
