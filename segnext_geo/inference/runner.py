@@ -279,11 +279,12 @@ class InferenceRunner:
 
     @torch.inference_mode()
     def probabilities(self, x: Tensor) -> Tensor:
-        """Softmax of a device batch ``(n, C, H, W)`` averaged over the TTA transforms: ``(n, K, H, W)`` float32."""
+        """Softmax of a device batch ``(n, C, H, W)`` averaged over the TTA transforms: ``(n, K, H, W)``
+        float32, contiguous (one plane per class, as the stitcher's accumulators are laid out)."""
         out: Tensor | None = None
         for fwd, inv in self.transforms:
-            p = inv(_softmax_(self._logits(fwd(x))))
-            out = p if out is None else out.add_(p)
+            p = inv(_softmax_(self._logits(fwd(x))))  # over channels_last logits: contiguous per pixel
+            out = p.contiguous() if out is None else out.add_(p)
         assert out is not None
         if len(self.transforms) > 1:
             out.div_(len(self.transforms))

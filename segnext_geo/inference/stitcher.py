@@ -10,8 +10,8 @@ the device for the next super-tile of the same row, and spilled to a scratch fol
 super-tiles of the next row, so nothing grows with the scene's width or height.
 
 **Exact, order-free sums.** Each contribution ``weight * probability`` (float32, computed the
-same way whatever the batch or the super-tile) is rounded to a fixed-point integer in units of
-``2**-27`` and summed in int32. Integer addition is associative, so a pixel's sums -- and hence
+same way whatever the batch or the super-tile) is rounded (half up) to a fixed-point integer in
+units of ``2**-27`` and summed in int32. Integer addition is associative, so a pixel's sums -- and hence
 its class and probability bytes -- depend only on which tiles cover it, never on the order in
 which they arrive: not on ``--working-set`` (super-tile boundaries), the batch size, or how the
 scene is cut into horizontal bands. A contribution is at most 1 (``2**27`` units) and a pixel is
@@ -198,6 +198,7 @@ class Stitcher:
             chunk = min(self.k, max(1, QUANT_CHUNK // (grid.th * grid.tw))) * grid.th * grid.tw
             self._float_scratch = torch.empty(chunk, dtype=torch.float32, device=self.device)
             self._int_scratch = torch.empty(chunk, dtype=torch.int32, device=self.device)
+            self._half = torch.tensor(0.5, dtype=torch.float32, device=self.device)
         self._valid_buffer = np.empty((h, w), dtype=bool)
         self.st: SuperTile | None = None
         self.acc: Tensor | None = None
@@ -235,10 +236,10 @@ class Stitcher:
                 k1 = min(self.k, k0 + step)
                 f = self._float_scratch[: (k1 - k0) * h * w].view(k1 - k0, h, w)
                 q = self._int_scratch[: (k1 - k0) * h * w].view(k1 - k0, h, w)
-                torch.mul(probs[k0:k1, :h, :w], weight, out=f)
-                q.copy_(f.round_())  # exact: whole numbers below 2**31
+                torch.addcmul(self._half, probs[k0:k1, :h, :w], weight, out=f)  # p * w + 0.5
+                q.copy_(f)  # truncation of a non-negative p * w + 0.5: round half up, below 2**31
                 region[k0:k1].add_(q)
-            region[self.k].add_(weight.round().to(torch.int32))
+            region[self.k].add_(weight.add_(0.5).to(torch.int32))  # the weight sum, rounded the same way
 
     def finish(self) -> FinishedCore:
         """Finalise the core of the current super-tile and hand the rest of its extent on."""
