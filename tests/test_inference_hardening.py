@@ -152,7 +152,7 @@ def test_memory_plan_keeps_the_estimated_peak_under_the_budget(classes: int, pro
         tile=plan.tile, overlap=plan.overlap, batch=8, classes=classes, bands=3, extent=grid.max_extent,
         probs_bands=classes if probs else 0, activation_bytes_per_px=ACTIVATION_BYTES_PER_PX["segnext_t"],
     )  # fmt: skip
-    assert again == plan.peak_bytes
+    assert again.host == plan.peak_bytes and again.device == 0
     if classes == 19:
         assert plan.tile == 1024 and plan.working_set >= 1024  # nothing shrinks for few classes
 
@@ -166,3 +166,14 @@ def test_memory_plan_shrinks_the_tile_only_when_a_single_tile_does_not_fit() -> 
     impossible = tight.replace(max_memory="100M")
     plan = plan_memory(impossible, 8000, 8000, classes=150, bands=3, probs_bands=0, per_image=True)
     assert plan.peak_bytes > 100 * 2**20 and any("--max-memory" in n for n in plan.notes)
+
+
+def test_on_a_gpu_the_forward_and_accumulators_count_against_the_gpu_not_the_host() -> None:
+    opts = PredictOptions(tile_size=1024, overlap=256, batch_size=8)
+    kw = {"classes": 16, "bands": 3, "probs_bands": 0, "per_image": False, "variant": "segnext_l"}
+    big = plan_memory(opts, 20_000, 20_000, gpu_bytes=80 * 2**30, **kw)  # type: ignore[arg-type]
+    assert big.tile == 1024 and not big.notes  # a batch of 8 L tiles would not fit a 3 GiB host budget
+    cpu = plan_memory(opts, 20_000, 20_000, **kw)  # type: ignore[arg-type]
+    assert cpu.tile < 1024
+    small = plan_memory(opts, 20_000, 20_000, gpu_bytes=4 * 2**30, **kw)  # type: ignore[arg-type]
+    assert small.tile < 1024 and any("--tile-size" in n for n in small.notes)

@@ -183,6 +183,10 @@ class DeviceOps:
         """Time one forward of ``images`` images into ``timer``."""
         return timer.time(images)
 
+    def total_memory(self) -> int | None:
+        """Bytes of device memory separate from the host's (``None``: the host's own memory)."""
+        return None
+
     def collect(self, timer: ForwardTimer) -> None:
         """Add forward times still pending on the device to ``timer`` (CPU: none are)."""
 
@@ -255,6 +259,10 @@ class CudaOps(DeviceOps):
 
     def scope(self) -> AbstractContextManager[Any]:
         return self.api.device(self.index)
+
+    def total_memory(self) -> int | None:
+        props = getattr(self.api, "get_device_properties", None)
+        return int(props(self.index).total_memory) if props is not None else None
 
     def bf16_native(self) -> bool:
         """bf16 tensor cores on *this* device (compute capability >= 8.0), not on the current one."""

@@ -12,7 +12,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 from ..errors import UserError
 from ..raster.normalize import NormalizationMethod
@@ -29,6 +29,7 @@ __all__ = [
     "RASTER_SUFFIXES",
     "VECTOR_SUFFIXES",
     "MemoryPlan",
+    "Peak",
     "PredictOptions",
     "auto_working_set",
     "estimate_peak",
@@ -231,6 +232,13 @@ class MemoryPlan:
     notes: tuple[str, ...] = ()
 
 
+class Peak(NamedTuple):
+    """Estimated peak memory in bytes: ``host`` (the process's RSS) and ``device`` (GPU memory; 0 on the CPU)."""
+
+    host: int
+    device: int
+
+
 def estimate_peak(
     *,
     tile: int,
@@ -245,21 +253,26 @@ def estimate_peak(
     workers: int = 2,
     activation_bytes_per_px: float = DEFAULT_ACTIVATION_BYTES_PER_PX,
     model_bytes: int = 0,
-) -> int:
-    """Estimated peak memory (bytes) of a predict run on the CPU; the README states the same formula.
+    on_gpu: bool = False,
+) -> Peak:
+    """Estimated peak memory of a predict run; the README and ``--help`` state the same formula.
 
     ``peak = base + model + forward + accumulators + hand-on + finish + writer queue + reader + GDAL``:
 
     - base: the process before any tile (780 MiB) plus ``model_bytes`` (the weights and their
       folded copy);
-    - forward: ``n * T^2 * (a + 4 K (1 + [TTA]))`` with ``n`` = 1 image on the CPU (``batch`` on
-      CUDA, where this term is GPU memory), ``a`` the variant's activation bytes per pixel;
+    - forward: ``n * T^2 * (a + 4 K (1 + [TTA]))`` with ``n`` = 1 image per forward on the CPU
+      (``batch`` when batched), ``a`` the variant's activation bytes per pixel;
     - accumulators: ``(4 (K + 1) + 1) * E_h * E_w`` (int32 sums and weight sum, bool validity);
     - hand-on: ``2 * 4 (K + 1) * overlap * (E_h + E_w)`` (strips kept and spilled);
-    - finish: ``E_h * E_w * (4 + 1 + 8 + P)`` (best sums, classes, a float64 chunk, P probs bands);
+    - finish: ``E_h * E_w * (4 + 1 + 8 + P)`` (the best sums, classes, an int64 index or a float64
+      chunk, P probability bands);
     - writer queue: ``2 * E_h * E_w * (1 + P)`` (finished cores waiting to be written);
     - reader: ``(batch + 2 * workers + n) * C * T^2 * 4`` (normalised tiles read ahead);
     - GDAL: its 64 MiB block cache.
+
+    With ``on_gpu`` the forward, accumulator, hand-on and finish terms are GPU memory (``device``)
+    and the host keeps the rest plus two pinned upload batches.
     """
     t2 = tile * tile
     n = 1 if per_image else batch
@@ -272,8 +285,11 @@ def estimate_peak(
     finish = area * (4 + 1 + 8 + probs_bands)
     queue = WRITER_QUEUE * area * (1 + probs_bands)
     reader = (batch + 2 * max(1, workers) + n) * bands * t2 * 4
-    total = BASE_BYTES + model_bytes + forward + quant + accumulators + hand_on + finish + queue + reader
-    return int(total + GDAL_CACHE_BYTES)
+    host = BASE_BYTES + model_bytes + queue + reader + GDAL_CACHE_BYTES
+    device = forward + quant + accumulators + hand_on + finish
+    if on_gpu:
+        return Peak(int(host + 2 * batch * bands * t2 * 4 + hand_on / 2), int(device))
+    return Peak(int(host + device), 0)
 
 
 def plan_memory(
@@ -287,8 +303,12 @@ def plan_memory(
     per_image: bool,
     variant: str | None = None,
     model_bytes: int = 0,
+    gpu_bytes: int | None = None,
 ) -> MemoryPlan:
     """Pick the working set (and, only if needed, a smaller tile) for ``options.max_memory``.
+
+    ``gpu_bytes``: the GPU's memory when the model runs on one; then the host estimate is held to
+    the budget and the device estimate to 85 % of the GPU.
 
     The automatic working set starts at :func:`auto_working_set` (256 MiB of accumulators) and
     shrinks, one tile row at a time, until :func:`estimate_peak` fits the budget; if a single-tile
@@ -300,9 +320,12 @@ def plan_memory(
     passes = {"none": 1, "flip": 3, "d4": 8}[options.tta]
     notes: list[str] = []
 
-    def peak(tile: int, overlap: int, ws: int) -> tuple[int, int]:
+    gpu_budget = int(0.85 * gpu_bytes) if gpu_bytes else None
+
+    def peak(tile: int, overlap: int, ws: int) -> tuple[int, bool]:
+        """(host peak, whether host and device both fit)."""
         grid = TileGrid(height, width, tile, overlap, ws)
-        p = estimate_peak(
+        est = estimate_peak(
             tile=min(tile, max(grid.th, grid.tw)),
             overlap=overlap,
             batch=options.batch_size,
@@ -315,14 +338,16 @@ def plan_memory(
             workers=options.workers,
             activation_bytes_per_px=act,
             model_bytes=model_bytes,
+            on_gpu=gpu_budget is not None,
         )
-        return p, max(grid.max_extent)
+        fits = est.host <= budget and (gpu_budget is None or est.device <= gpu_budget)
+        return est.host, fits
 
     tile, overlap = options.tile, options.overlap
     budget = options.max_memory
     if options.working_set is not None:
-        p, _ = peak(tile, overlap, options.working_set)
-        if p > budget:
+        p, fits = peak(tile, overlap, options.working_set)
+        if not fits:
             notes.append(
                 f"--working-set {options.working_set}: the estimated peak {p / 2**30:.1f} GiB exceeds "
                 f"--max-memory {budget / 2**30:.1f} GiB"
@@ -330,12 +355,12 @@ def plan_memory(
         return MemoryPlan(tile, overlap, options.working_set, p, budget, tuple(notes))
     while True:
         ws = max(tile, auto_working_set(classes))
-        p, _ = peak(tile, overlap, ws)
-        while p > budget and ws > tile:
+        p, fits = peak(tile, overlap, ws)
+        while not fits and ws > tile:
             ws = max(tile, ws - (tile - overlap))
-            p, _ = peak(tile, overlap, ws)
+            p, fits = peak(tile, overlap, ws)
         smaller = round_tile_size(tile * 3 // 4)
-        if p <= budget or smaller < MIN_PLAN_TILE:
+        if fits or smaller < MIN_PLAN_TILE:
             break
         tile, overlap = smaller, overlap * smaller // tile
     if tile != options.tile:
@@ -343,9 +368,10 @@ def plan_memory(
             f"--tile-size: {options.tile} px tiles with {classes} classes need more than --max-memory "
             f"{budget / 2**30:.1f} GiB; using {tile} px tiles (overlap {overlap} px)"
         )
-    if p > budget:
+    if not fits:
+        where = "the budget or the GPU" if gpu_budget else "the budget"
         notes.append(
-            f"--max-memory: the estimated peak {p / 2**30:.1f} GiB exceeds the budget {budget / 2**30:.1f} GiB "
+            f"--max-memory: the estimated peak {p / 2**30:.1f} GiB exceeds {where} ({budget / 2**30:.1f} GiB) "
             "even with the smallest tile; raise --max-memory"
         )
     return MemoryPlan(tile, overlap, ws, p, budget, tuple(notes))

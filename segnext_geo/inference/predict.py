@@ -179,6 +179,7 @@ def _plan(
         per_image=runner.per_image,
         variant=meta.variant if runner.segnext else None,
         model_bytes=runner.weight_bytes(),
+        gpu_bytes=runner.ops.total_memory(),
     )
     new += plan.notes
     for note in new:
