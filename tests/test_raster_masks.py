@@ -66,15 +66,14 @@ def test_alpha_is_honoured_whatever_the_band_order(tmp_path: Path, alpha_mask: n
 def test_predict_writes_nodata_exactly_where_the_alpha_is_zero(tmp_path: Path, alpha_mask: np.ndarray) -> None:
     from rasters import PixelLinear, pixel_meta
 
-    from segnext_geo.inference import predict_scene
+    from segnext_geo.inference import PredictOptions, predict_scene
 
     rgb = textured((3, 16, 20))
     alpha = np.where(alpha_mask, 255, 0).astype(np.uint8)
     rgba = write_tif(tmp_path / "a.tif", np.concatenate([rgb, alpha[None]]), photometric="RGB", alpha="YES")
     out = tmp_path / "c.tif"
-    predict_scene(
-        rgba, PixelLinear(3, 4), out, meta=pixel_meta(4), bands=(4, 1, 2), tile_size=64, overlap=0, progress=False
-    )
+    opts = PredictOptions(bands=(4, 1, 2), tile_size=64, overlap=0, device="cpu")
+    predict_scene(rgba, PixelLinear(3, 4), out, opts, meta=pixel_meta(4), progress=False)
     with rasterio.open(out) as dst:
         assert ((dst.read(1) == 255) == ~alpha_mask).all()
 

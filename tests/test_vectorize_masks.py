@@ -222,7 +222,7 @@ def test_help_describes_simplify_in_metres_or_pixels() -> None:
 def test_predict_to_polygons_names_the_scene_in_its_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from rasters import PixelLinear, pixel_meta, textured
 
-    from segnext_geo.inference import predict_scene
+    from segnext_geo.inference import PredictOptions, predict_scene
 
     scene = tmp_path / "scene.tif"
     with warnings.catch_warnings():
@@ -230,9 +230,8 @@ def test_predict_to_polygons_names_the_scene_in_its_warnings(tmp_path: Path, cap
         with rasterio.open(scene, "w", driver="GTiff", width=40, height=30, count=3, dtype="uint8") as dst:
             dst.write(textured((3, 30, 40)))  # no CRS: vectorize notes it too
     with caplog.at_level(logging.WARNING, logger="segnext_geo"):
-        predict_scene(
-            scene, PixelLinear(3, 3), tmp_path / "p.gpkg", meta=pixel_meta(3), tile_size=64, overlap=16, progress=False
-        )
+        opts = PredictOptions(tile_size=64, overlap=16, device="cpu")
+        predict_scene(scene, PixelLinear(3, 3), tmp_path / "p.gpkg", opts, meta=pixel_meta(3), progress=False)
     said = [r.getMessage() for r in caplog.records]
     assert any("no CRS; coordinates" in w for w in said)  # vectorize's own note
     assert all(w.startswith(f"{scene}: ") and ".mask-" not in w for w in said), said
