@@ -13,7 +13,8 @@ Rows (Markdown, ``| check | result |``):
 - ``predict`` throughput for SegNeXt-T/S/B/L at tile 1024 (4096² scene, batch 8), in fp32 eager,
   bf16 eager and bf16 compiled (inductor + CUDA graphs) modes: MPix/s, km²/s at 0.5 m, the ratio
   of ``predict`` to the bare forwards of the same runner over as many batches, peak GPU memory;
-- rows from ``benchmarks/_gpu_train.py`` ``train_checks(device)`` when that file exists.
+- rows from ``benchmarks/_gpu_train.py`` ``train_checks(device)`` when that file exists;
+- the script's peak host RSS.
 
 With ``--cpu-only`` (or without CUDA) the same code runs on the CPU with SegNeXt-T only, a 256²
 scene and tile 128, and the compiled mode is skipped, so the script's logic is tested in CI.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import resource
 import sys
 import tempfile
 import time
@@ -268,6 +270,8 @@ def main() -> None:
                     (f"predict {v.upper()} tile {tile}, bf16 compiled", "skipped: --compile-budget reached")
                 )
         check.run("training", lambda: train_rows(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    check.rows.append(("peak host RSS of this script", f"{rss:.0f} MiB"))
     print(f"\nsegnext-geo GPU check on {name}, torch {torch.__version__}, {time.perf_counter() - t0:.0f} s\n")
     print("| check | result |")
     print("|---|---|")
