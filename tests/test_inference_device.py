@@ -130,14 +130,14 @@ def test_deterministic_is_byte_identical_across_batch_sizes_and_batched_is_not_f
         sim = SimCuda({0: (9, 0)})
         runner = InferenceRunner(model, ops=_ops(sim, 0), precision="fp32", deterministic=True)
         sizes: list[int] = []
-        runner.model.register_forward_pre_hook(lambda m, a, sizes=sizes: sizes.append(a[0].shape[0]))
+        runner.model.backbone.register_forward_pre_hook(lambda m, a, sizes=sizes: sizes.append(a[0].shape[0]))
         outs.add(_run(tmp_path, runner, f"det{bs}", batch_size=bs))
         assert set(sizes) == {1}
     assert len(outs) == 1
     sim = SimCuda({0: (9, 0)})
     batched = InferenceRunner(model, ops=_ops(sim, 0), precision="fp32")
     calls = []
-    batched.model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    batched.model.backbone.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     _run(tmp_path, batched, "batched", batch_size=4)
     assert max(calls) == 4
 

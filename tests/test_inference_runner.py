@@ -95,6 +95,8 @@ def test_runner_fp32_matches_eager_and_is_batch_invariant(model: torch.nn.Module
     assert _rel(out, ref) < 1e-4  # 2.2e-5: the fused GELU's erf (see the test above)
     _same_labels_except_ties(out, ref)
     assert torch.equal(runner(x[1:2]), out[1:2])  # an image's logits never depend on its batch
+    probs = runner.probabilities(x)  # the final upsampling on class planes: the same up to rounding
+    assert probs.is_contiguous() and (probs - torch.softmax(out, 1)).abs().max() < 1e-6
 
 
 def test_probabilities_average_the_tta_passes() -> None:

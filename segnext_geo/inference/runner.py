@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
@@ -221,8 +222,19 @@ class InferenceRunner:
 
     # ---- forwards ----
 
-    def _call(self, x: Tensor) -> Tensor:
-        """One model call on ``x`` ``(n, C, H, W)`` (device, layout set) -> raw logits."""
+    def _planar_forward(self, x: Tensor) -> Tensor:
+        """The eager SegNeXt forward with its final upsampling done on one plane per class: the small
+        stride-8 logits are made contiguous first, so the full-size logits come out contiguous
+        (no transposing copy of ``K x H x W`` floats after the softmax; ~2x faster with it)."""
+        assert isinstance(self.model, SegNeXt)
+        low = self.model.forward_logits_stride8(x).contiguous()
+        return F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+    def _call(self, x: Tensor, planar: bool = False) -> Tensor:
+        """One model call on ``x`` ``(n, C, H, W)`` (device, layout set) -> raw logits.
+
+        ``planar``: the logits are wanted as contiguous class planes (:meth:`probabilities`).
+        """
         n = x.shape[0]
         pad = 0
         if self.compiled and self.cuda and not self.per_image:  # CUDA graphs: one fixed batch shape
@@ -236,7 +248,7 @@ class InferenceRunner:
             stack.enter_context(self.ops.forward_timer(self.timer, n))
             stack.enter_context(self.ops.autocast(self.amp_dtype))
             try:
-                logits = self._fn(x)
+                logits = self._planar_forward(x) if planar and self.segnext and not self.compiled else self._fn(x)
             except Exception as e:
                 if not self.compiled or not _is_compile_error(e):
                     raise
@@ -260,14 +272,14 @@ class InferenceRunner:
                 f"--checkpoint: the model returned {logits.shape[1]} classes but its metadata names {self.num_classes}"
             )
 
-    def _logits(self, x: Tensor) -> Tensor:
+    def _logits(self, x: Tensor, planar: bool = False) -> Tensor:
         """Float32 logits of a device batch ``(n, C, H, W)``, image by image when ``per_image``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.per_image and x.shape[0] > 1:
-            out = torch.cat([self._call(x[i : i + 1]) for i in range(x.shape[0])])
+            out = torch.cat([self._call(x[i : i + 1], planar) for i in range(x.shape[0])])
         else:
-            out = self._call(x)
+            out = self._call(x, planar)
         self._check(out, x)
         return out
 
@@ -283,8 +295,8 @@ class InferenceRunner:
         float32, contiguous (one plane per class, as the stitcher's accumulators are laid out)."""
         out: Tensor | None = None
         for fwd, inv in self.transforms:
-            p = inv(_softmax_(self._logits(fwd(x))))  # over channels_last logits: contiguous per pixel
-            out = p.contiguous() if out is None else out.add_(p)
+            p = inv(_softmax_(self._logits(fwd(x), planar=True)))
+            out = p.contiguous() if out is None else out.add_(p)  # contiguous: a no-op unless compiled
         assert out is not None
         if len(self.transforms) > 1:
             out.div_(len(self.transforms))
