@@ -20,17 +20,19 @@ simplified as a whole).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..outputs import atomic_output, check_outputs, sigterm_as_interrupt
+from ..outputs import atomic_output, check_outputs, local_file, sigterm_as_interrupt
 from .attributes import GeomArray, Meter
 from .options import VectorOptions
 from .parts import Parts
@@ -146,6 +148,7 @@ def vectorize_raster(
         simplify_px=simplify_px,
         multi=opts.connectivity == 8,
         with_conf=with_conf,
+        conf_quantum=p.quantum if p is not None else 1.0,
     )
     grid = BlockGrid(m.height, m.width, opts.block_size)
     job = PolygonizeJob(
@@ -174,7 +177,8 @@ def vectorize_raster(
             class_names=class_name_lookup(names),
             source=str(mask) if source is None else source,
             with_confidence=with_conf,
-            layer_metadata={"source": str(mask), "connectivity": str(opts.connectivity), "measures": units},
+            layer_metadata={"source": shown, "connectivity": str(opts.connectivity), "measures": units},
+            timestamp=_content_date(m.path),
         )
         try:
             stats = _run(job, opts.workers, finisher, writer, progress, notes)
@@ -206,6 +210,19 @@ def vectorize_raster(
         absorbed=stats["absorbed"],
         max_open=stats["max_open"],
     )
+
+
+def _content_date(path: str) -> datetime | None:
+    """The date the output records: ``SOURCE_DATE_EPOCH`` if set, else the mask's modification
+    time (so the same mask gives the same bytes), else ``None`` (now)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        if epoch:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        local = local_file(path)
+        return datetime.fromtimestamp(int(local.stat().st_mtime), UTC) if local is not None else None
+    except (OSError, ValueError, OverflowError):
+        return None
 
 
 def _run(
