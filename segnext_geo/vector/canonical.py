@@ -2,9 +2,11 @@
 
 A polygon that crossed block seams is the union of its pieces: it keeps a vertex wherever a
 seam crossed a straight edge, and its rings start wherever the union put them. The same
-polygon found inside one block has neither. :func:`canonical_polygons` removes vertices that
-lie on a straight edge and normalises ring start, orientation and order
-(:func:`shapely.normalize`), so both come out identical, vertex for vertex.
+polygon found inside one block has neither. :func:`drop_collinear` removes vertices that lie
+on a straight edge (``rasterio.features.shapes`` never makes any, so only unions need it:
+seam merges, hole filling across parts, un-filling) and :func:`shapely.normalize` fixes ring
+start, orientation and order for every polygon; :func:`canonical_polygons` does both. Both
+ways then come out identical, vertex for vertex.
 
 :func:`first_pixel_keys` gives each polygon a sort key that no block layout changes: its
 first pixel in row-major order. Polygons are simplified and written in that order.
@@ -19,11 +21,13 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-__all__ = ["canonical_polygons", "first_pixel_keys"]
+__all__ = ["canonical_polygons", "drop_collinear", "first_pixel_keys"]
 
 
-def _drop_collinear(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
+def drop_collinear(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
     """``geoms`` without vertices whose neighbours lie on the same row or column (cyclically)."""
+    if len(geoms) == 0:
+        return geoms
     parts, part_owner = shapely.get_parts(geoms, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
@@ -69,7 +73,7 @@ def canonical_polygons(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
     straight edge, rings normalised (:func:`shapely.normalize`). The point sets do not change."""
     if len(geoms) == 0:
         return geoms
-    return np.asarray(shapely.normalize(_drop_collinear(geoms)), dtype=object)
+    return np.asarray(shapely.normalize(drop_collinear(geoms)), dtype=object)
 
 
 def first_pixel_keys(geoms: NDArray[np.object_], width: int) -> NDArray[np.int64]:

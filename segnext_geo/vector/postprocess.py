@@ -28,7 +28,7 @@ import shapely
 from numpy.typing import NDArray
 
 from .attributes import FeatureBatch, GeomArray, Meter
-from .canonical import canonical_polygons
+from .canonical import canonical_polygons, drop_collinear
 from .noding import node_pixel_polygons
 from .parts import Parts
 
@@ -78,10 +78,15 @@ def fill_small_holes(
     for k, holes in kept.items():
         new_parts[with_holes[k]] = shapely.Polygon(exteriors[k], holes)
     out = geoms.copy()
+    united = []
     for o in np.unique(owner[with_holes[list(affected)]]):
         lo, hi = np.searchsorted(owner, [o, o + 1])
         # a filled hole of one part may cover another part of the same multipolygon: union them
         out[o] = new_parts[lo] if hi - lo == 1 else shapely.union_all(new_parts[lo:hi])
+        if hi - lo > 1:
+            united.append(o)
+    if united:
+        out[united] = drop_collinear(out[united])
     if find_leaky:
         leaky[_leaky_owners(geoms, rings[interior[small]], owner[with_holes[ring_part[interior[small]]]])] = True
     return out, hole_polys[small], leaky
@@ -218,7 +223,7 @@ class Finisher:
             # only a polygon with a part smaller than the threshold can lie in a filled hole, and only
             # the owner of a leaky hole may have to give pixels back (see absorb)
             candidate = has_small_part(parts.geoms, self.fill_holes_m2, self.meter) | leaky
-        parts.geoms = canonical_polygons(parts.geoms)
+        parts.geoms = np.asarray(shapely.normalize(parts.geoms), dtype=object)  # see .canonical
         if self.simplify_px is not None:
             return Finished(None, parts, holes, dropped)
         now = parts.take(~candidate) if candidate.any() else parts

@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from .canonical import drop_collinear
 from .noding import node_pixel_polygons
 from .parts import Parts
 
@@ -75,9 +76,12 @@ def _union(pieces: list[object]) -> object:
 
 def unite(groups: Sequence[Group], with_conf: bool) -> Parts:
     """One polygon per group: the union of its pieces (exact: integer coordinates, coincident seams)."""
-    geoms = [g.geoms[0] if len(g.geoms) == 1 else _union(g.geoms) for g in groups]
+    geoms = np.array([g.geoms[0] if len(g.geoms) == 1 else _union(g.geoms) for g in groups], dtype=object)
+    merged = np.array([len(g.geoms) > 1 for g in groups], bool)
+    if merged.any():  # a union keeps a vertex wherever a seam crossed a straight edge
+        geoms[merged] = drop_collinear(geoms[merged])
     return Parts(
-        geoms=np.array(geoms, dtype=object),
+        geoms=geoms,
         class_id=np.array([g.class_id for g in groups], np.int32),
         pixels=np.array([g.pixels for g in groups], np.int64),
         key=np.array([g.key for g in groups], np.int64),

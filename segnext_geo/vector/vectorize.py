@@ -2,19 +2,24 @@
 
 Pipeline (see the modules for each step):
 
-1. :mod:`.source` checks the mask (single-band integer), the probabilities and the output;
+1. :mod:`.options` validates the options (:class:`.options.VectorOptions`),
+   :func:`segnext_geo.outputs.check_outputs` the output (never an input), :mod:`.source` the
+   mask (a class raster; validity from GDAL's masks) and the probabilities;
 2. :mod:`.polygonize` polygonizes each block with ``rasterio.features.shapes`` (in worker
    processes with ``workers > 1``); complete polygons are post-processed there;
 3. :mod:`.seams` merges polygons cut by seams, exactly, as the blocks arrive in order;
-4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification;
-5. :mod:`.writers` appends features with pyogrio and the output is renamed into place.
+4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification and
+   puts every geometry in canonical form (:mod:`.canonical`);
+5. :mod:`.writers` appends features to a scratch GeoPackage, copies them into the output in
+   first-pixel order, and the output is renamed into place.
 
 The polygons equal those of ``rasterio.features.shapes`` on the whole array (same count per
 class, same point sets), are valid, never overlap, and cover exactly the selected pixels
-(before simplification). Memory follows ``block_size`` and the polygons still open at the
-current block row, not the scene, except that ``fill_holes_below`` holds the polygons smaller
-than its threshold and ``simplify`` holds every polygon until the end (the coverage has to be
-simplified as a whole).
+(before simplification). The output file does not depend on ``block_size`` or ``workers``.
+Memory follows ``block_size`` and the polygons still open at the current block row, not the
+scene, except that ``fill_holes_below`` holds the polygons with a part smaller than its
+threshold (and the owners of leaky holes) and ``simplify`` holds every polygon until the end
+(the coverage has to be simplified as a whole).
 """
 
 from __future__ import annotations

@@ -2,13 +2,14 @@
 
 Features are appended in batches, as they are finished, to a scratch GeoPackage beside the
 target (GeoPackage appends are cheap), with each polygon's first pixel as a ``_key`` column.
-At the end they are streamed into the target in ``_key`` order (SQLite sorts on disk, so
-memory stays flat) with pyogrio's Arrow interface (no pyarrow needed); GeoParquet goes
-through geopandas and needs ``pyarrow``. So the file's feature order, and with a fixed date
-its bytes, do not depend on block size or workers: the GeoPackage ``last_change`` and the
-Shapefile DBF date are the ``timestamp`` given (``vectorize`` passes the mask's modification
-time, or ``SOURCE_DATE_EPOCH``). The caller renames the temporary output into place
-(:func:`segnext_geo.outputs.atomic_output`), so an interrupted run leaves nothing at the target.
+At the end ``_key`` is indexed and the features are streamed into the target in that order
+(SQLite walks the index: no sort of the rows, flat memory) with pyogrio's Arrow interface
+(no pyarrow needed); GeoParquet goes through geopandas and needs ``pyarrow``. So the file's
+feature order, and with a fixed date its bytes, do not depend on block size or workers: the
+GeoPackage ``last_change`` and the Shapefile DBF date are the ``timestamp`` given
+(``vectorize`` passes the mask's modification time, or ``SOURCE_DATE_EPOCH``). The caller
+renames the temporary output into place (:func:`segnext_geo.outputs.atomic_output`), so an
+interrupted run leaves nothing at the target.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -230,9 +231,18 @@ class FeatureWriter:
             return {"OGR_CURRENT_DATE": None}
         return {"OGR_CURRENT_DATE": self.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
 
+    def _index_key(self) -> None:
+        """Index the scratch table on ``_key`` (SQLite then reads it in order without sorting the rows)."""
+        import sqlite3
+
+        with closing(sqlite3.connect(self.scratch)) as db:
+            db.execute(f'CREATE INDEX "{self.layer}_key" ON "{self.layer}" ("{_KEY}")')
+            db.commit()
+
     def finish(self) -> Path:
         """Write everything queued and produce the temporary output, in key order, in the target format."""
         self.flush()
+        self._index_key()
         sql = self._ordered_sql()
         if self.driver == "Parquet":
             import geopandas
@@ -249,7 +259,7 @@ class FeatureWriter:
                 _sqlite_unsynced(),
                 _gdal_options(**self._date_options()),
                 warnings.catch_warnings(),
-                pyogrio.open_arrow(self.scratch, sql=sql, use_pyarrow=False, batch_size=65_536) as (meta, reader),
+                pyogrio.open_arrow(self.scratch, sql=sql, use_pyarrow=False, batch_size=8192) as (meta, reader),
             ):
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
                 pyogrio.raw.write_arrow(
