@@ -176,7 +176,7 @@ def whole_array(mask: Path, out: Path | None) -> int:
 
 def child(variant: str, mask: Path, out: Path) -> None:
     """Run one variant and print wall seconds, tree RSS peak, own ru_maxrss, CPU seconds and the count (JSON)."""
-    from segnext_geo.vector import vectorize_raster
+    from segnext_geo.vector import VectorOptions, vectorize_raster
 
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with TreeRSS() as rss:
@@ -190,8 +190,7 @@ def child(variant: str, mask: Path, out: Path) -> None:
             n = vectorize_raster(
                 mask,
                 out,
-                block_size=int(opts.get("b", 2048)),
-                workers=int(opts.get("w", 1)),
+                VectorOptions(block_size=int(opts.get("b", 2048)), workers=int(opts.get("w", 1))),
                 overwrite=True,
                 progress=False,
             ).count

@@ -46,8 +46,10 @@ def batch(
     Example: segnext-geo batch /data/archive/ --checkpoint best.ckpt --out-dir results/ --workers 2 --merge all.gpkg
     """
     from segnext_geo.batch import run_batch
+    from segnext_geo.vector import VectorOptions
 
-    vector = {k: v for k, v in {"min_area": min_area, "simplify": simplify}.items() if v is not None}
+    given = (min_area, simplify)
+    vector = VectorOptions(min_area=min_area, simplify=simplify) if any(v is not None for v in given) else None
     options = {
         "tile_size": tile_size,
         "overlap": overlap,
@@ -56,7 +58,7 @@ def batch(
         "blend": blend,
         "tta": tta,
         "bands": bands,
-        "vector_options": vector or None,
+        "vector": vector,
     }
     s = run_batch(
         inputs,

@@ -92,9 +92,13 @@ def predict(
     Polygons: segnext-geo predict scene.tif -c model.pth -o parcels.gpkg --mask-out classes.tif --min-area 20
     """
     from segnext_geo.inference import predict_scene
+    from segnext_geo.vector import VectorOptions
 
-    given = {"min_area": min_area, "simplify": simplify, "connectivity": connectivity}
-    vector_options = {k: v for k, v in given.items() if v is not None}
+    given = (min_area, simplify, connectivity)
+    vector = None
+    if any(v is not None for v in given):
+        conn = connectivity if connectivity is not None else 4
+        vector = VectorOptions(min_area=min_area, simplify=simplify, connectivity=conn)
     try:
         r = predict_scene(
             scene,
@@ -114,7 +118,7 @@ def predict(
             progress=not quiet,
             working_set=working_set,
             mask_out=mask_out,
-            vector_options=vector_options or None,
+            vector=vector,
             normalization=normalization.value,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success

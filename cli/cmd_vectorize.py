@@ -20,12 +20,12 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 @app.command()
 def vectorize(
-    mask: Annotated[Path, typer.Argument(help="Integer class GeoTIFF (e.g. predict's mask, nodata 255).")],
+    mask: Annotated[str, typer.Argument(help="Integer class raster (e.g. predict's mask, nodata 255), /vsi... too.")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output: .gpkg (recommended), .parquet, .fgb, .geojson, .shp.")
     ],
     probs: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Probabilities on the mask's grid (1-band confidence or 1 band per class): adds mean_confidence."
         ),
@@ -43,7 +43,8 @@ def vectorize(
         float | None, typer.Option(help="Fill holes smaller than this many m2 (what lies in them is dropped).")
     ] = None,
     simplify: Annotated[
-        str | None, typer.Option(help="Coverage-simplify: tolerance in metres (2.5) or pixels (1.5px).")
+        str | None,
+        typer.Option(help="Coverage-simplify: tolerance in metres, or pixels with 'px' (2.5, 1.5px; 0: off)."),
     ] = None,
     connectivity: Annotated[int, typer.Option(help="4: pixels sharing an edge; 8: also a corner.")] = 4,
     block_size: Annotated[int, typer.Option(help="Block side in pixels (memory grows with its square).")] = 2048,
@@ -51,6 +52,17 @@ def vectorize(
     source: Annotated[str | None, typer.Option(help="Value of the source column (default: the mask path).")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer name (default: the output file's stem).")] = None,
     to_wgs84: Annotated[bool, typer.Option("--to-wgs84", help="Write EPSG:4326 lon/lat (e.g. for GeoJSON).")] = False,
+    nodata: Annotated[
+        float | None,
+        typer.Option(help="Treat this value as nodata, replacing the raster's own (masks still apply)."),
+    ] = None,
+    force_classes: Annotated[
+        bool,
+        typer.Option(
+            "--force-classes",
+            help="Vectorize a raster that does not look like classes (float, or > 1,000 values and no class names).",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -64,31 +76,36 @@ def vectorize(
     Example: segnext-geo vectorize scene.mask.tif --out scene.gpkg --probs scene.probs.tif --min-area 20 --workers 4
     """
     from segnext_geo.errors import UserError
-    from segnext_geo.vector import vectorize_raster
+    from segnext_geo.vector import VectorOptions, vectorize_raster
 
     class_ids = _split(classes)
     try:
-        ids = [int(c) for c in class_ids] if class_ids is not None else None
+        ids = tuple(int(c) for c in class_ids) if class_ids is not None else None
     except ValueError:
         raise UserError(f"--classes: {','.join(class_ids or [])!r} is not a list of class ids like 1,3") from None
+    options = VectorOptions(
+        classes=ids,
+        keep_background=keep_background,
+        min_area=min_area,
+        fill_holes_below=fill_holes_below,
+        simplify=simplify,
+        connectivity=connectivity,
+        block_size=block_size,
+        workers=workers,
+        to_wgs84=to_wgs84,
+        nodata=nodata,
+        force_classes=force_classes,
+    )
     try:
         r = vectorize_raster(
             mask,
             out,
+            options,
             probs=probs,
             class_names=_split(class_names),
-            classes=ids,
-            keep_background=keep_background,
-            min_area=min_area,
-            simplify=simplify,
-            fill_holes_below=fill_holes_below,
-            connectivity=connectivity,
-            block_size=block_size,
-            workers=workers,
             overwrite=overwrite,
             source=source,
             layer=layer,
-            to_wgs84=to_wgs84,
             progress=not quiet,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output was cleaned up; typer would exit silently

@@ -9,7 +9,9 @@ union must be exactly the selected pixels (checked against unit squares, indepen
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -20,7 +22,7 @@ from affine import Affine
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 
-from segnext_geo.vector import vectorize_raster
+from segnext_geo.vector import VectorOptions, vectorize_raster
 from segnext_geo.vector.polygonize import shapes_to_polygons
 
 TRANSFORM = from_origin(500_000.5, 4_000_000.25, 0.3, 0.3)  # not a power of two: exactness is not luck
@@ -73,11 +75,12 @@ def check_exact(a: np.ndarray, valid: np.ndarray, connectivity: int, out: Path) 
     return len(mine)
 
 
-def run(tmp_path: Path, a: np.ndarray, connectivity: int, block: int, **kw: object) -> tuple[Path, np.ndarray]:
+def run(tmp_path: Path, a: np.ndarray, connectivity: int, block: int, **kw: Any) -> tuple[Path, np.ndarray]:
     mask = write_mask(tmp_path / "mask.tif", a)
     out = tmp_path / f"out_{connectivity}_{block}.gpkg"
-    vectorize_raster(mask, out, connectivity=connectivity, block_size=block, progress=False, overwrite=True, **kw)
-    valid = (a != 255) & ((a != 0) | bool(kw.get("keep_background")))
+    opts = VectorOptions(connectivity=connectivity, block_size=block, **kw)
+    vectorize_raster(mask, out, opts, progress=False, overwrite=True)
+    valid = (a != 255) & ((a != 0) | opts.keep_background)
     return out, valid
 
 
@@ -196,9 +199,10 @@ def test_workers_give_the_same_file(tmp_path: Path) -> None:
     a = blocky(rng, 64, 56, k=4, cell=3, speckle=0.1)
     mask = write_mask(tmp_path / "mask.tif", a)
     for conn, post in ((4, {}), (8, {"fill_holes_below": 0.5, "min_area": 0.1})):
-        kw = {"block_size": 9, "connectivity": conn, "progress": False, **post}
-        one = gpd.read_file(vectorize_raster(mask, tmp_path / f"one{conn}.gpkg", **kw).path)
-        two = gpd.read_file(vectorize_raster(mask, tmp_path / f"two{conn}.gpkg", workers=2, **kw).path)
+        opts = VectorOptions(block_size=9, connectivity=conn, **post)
+        one = gpd.read_file(vectorize_raster(mask, tmp_path / f"one{conn}.gpkg", opts, progress=False).path)
+        two_opts = dataclasses.replace(opts, workers=2)
+        two = gpd.read_file(vectorize_raster(mask, tmp_path / f"two{conn}.gpkg", two_opts, progress=False).path)
         # same features in the same order, bit for bit
         assert one.geometry.to_wkb().tolist() == two.geometry.to_wkb().tolist()
         assert one.drop(columns="geometry").equals(two.drop(columns="geometry"))

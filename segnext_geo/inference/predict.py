@@ -17,12 +17,12 @@ import shutil
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rasterio
 import torch
@@ -41,6 +41,9 @@ from .loader import TileData, TileLoader
 from .runner import TileRunner, pick_device
 from .stitcher import FinishedCore, PartialStore, ProbsMode, Stitcher
 from .tta import TTAMode
+
+if TYPE_CHECKING:
+    from ..vector.options import VectorOptions
 
 __all__ = ["RASTER_SUFFIXES", "VECTOR_SUFFIXES", "PredictResult", "auto_working_set", "predict_scene"]
 
@@ -184,7 +187,7 @@ def predict_scene(
     progress: bool = True,
     working_set: int | None = None,
     mask_out: str | Path | None = None,
-    vector_options: Mapping[str, Any] | None = None,
+    vector: VectorOptions | None = None,
     meta: ModelMeta | None = None,
     normalization: NormalizationMethod = "auto",
 ) -> PredictResult:
@@ -214,7 +217,7 @@ def predict_scene(
         working_set: largest super-tile side in px (bounds the accumulators); default: the largest
             <= 4096 whose accumulators fit in 256 MiB.
         mask_out: with a vector ``out``, keep the class raster here (else it is temporary).
-        vector_options: extra keyword options of ``vectorize_raster`` (``min_area``, ``simplify``, ...).
+        vector: options of ``vectorize_raster`` for a vector ``out`` (:class:`~segnext_geo.vector.VectorOptions`).
         meta: model metadata for a plain ``nn.Module`` (defaults to ``model.meta``).
         normalization: ``auto`` (mean/std for uint8, scene-wide 2-98 % stretch otherwise),
             ``meanstd`` or ``percentile``.
@@ -251,8 +254,8 @@ def predict_scene(
 
     out_path = Path(out)
     suffix = out_path.suffix.lower()
-    vector = suffix in VECTOR_SUFFIXES
-    if not vector and suffix not in RASTER_SUFFIXES:
+    is_vector = suffix in VECTOR_SUFFIXES
+    if not is_vector and suffix not in RASTER_SUFFIXES:
         raise UserError(
             f"--out: {out_path}: unsupported extension {suffix or '(none)'}; use .tif for a class raster "
             f"or {', '.join(VECTOR_SUFFIXES)} for polygons"
@@ -265,14 +268,14 @@ def predict_scene(
         check_output(probs_path, overwrite, "--probs-out")
     mask_path = Path(mask_out) if mask_out is not None else None
     if mask_path is not None:
-        if not vector:
+        if not is_vector:
             raise UserError("--mask-out: only used when --out is a vector file (the class raster is --out itself)")
         if mask_path.suffix.lower() not in RASTER_SUFFIXES:
             raise UserError(f"--mask-out: {mask_path}: must be a .tif file")
         check_output(mask_path, overwrite, "--mask-out")
-    if vector_options and not vector:
-        raise UserError(f"--out: {out_path}: vectorize options ({', '.join(vector_options)}) need a vector output")
-    vectorize = _vectorizer(out_path) if vector else None
+    if vector is not None and not is_vector:
+        raise UserError(f"--out: {out_path}: vectorize options (--min-area, --simplify ...) need a vector output")
+    vectorize = _vectorizer(out_path) if is_vector else None
     with _quiet_rasterio():
         check_scene(scene)
 
@@ -290,7 +293,7 @@ def predict_scene(
 
     raster_path = out_path
     temp_mask = False
-    if vector:
+    if is_vector:
         if mask_path is not None:
             raster_path = mask_path
         else:
@@ -327,12 +330,12 @@ def predict_scene(
             vres = vectorize(
                 raster_path,
                 out_path,
+                vector,
                 probs=probs_path,
                 class_names=list(meta.class_names),
                 overwrite=overwrite,
                 source=str(scene),
                 progress=progress,
-                **dict(vector_options or {}),
             )
             polygons = int(vres.count)
     finally:

@@ -4,19 +4,26 @@ A :class:`SceneSource` never reads the whole scene. Each thread that reads gets 
 rasterio dataset handle (rasterio datasets are not thread-safe), so a thread pool can read
 windows while the model runs.
 
-Validity follows GDAL's mask model, per selected band:
+Validity follows GDAL's own masks (``read_masks``), whatever the band order
+(:class:`Validity`, :func:`validity_of`, :func:`read_validity`; ``vectorize`` uses the same):
 
-- ``nodata``: a band value equal to the band's nodata value (NaN included) is invalid;
-- a per-dataset mask (internal or external ``.msk``) or an alpha band: 0 is invalid;
-- float bands: NaN and infinity are always invalid.
-
-A pixel is valid when any selected band is valid there (GDAL's dataset-mask rule, so one
-band that happens to equal nodata does not erase a pixel); invalid values inside valid
-pixels are filled later, after normalisation.
+- a per-dataset mask (internal, or an external ``.msk`` sidecar) or an alpha band applies to
+  every band, selected or not (so ``--bands 4,1,2`` on an RGBA scene keeps the alpha);
+  GDAL gives such a mask precedence over a nodata value, and so does this module;
+- otherwise each selected band's nodata value (NaN included) marks that band's value
+  invalid, and a pixel is invalid only where *every selected band* is nodata (GDAL's
+  dataset-mask rule over the selected bands: one band that happens to equal nodata does not
+  erase a pixel; such a value is filled after normalisation);
+- float bands: NaN and +-infinity are always invalid, even without a nodata value;
+- a nodata override (``--nodata``) replaces the bands' own nodata value; masks and alpha
+  still apply.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -29,13 +36,26 @@ import rasterio
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from ..errors import UserError
 
-__all__ = ["SceneInfo", "SceneSource", "check_scene", "open_scene", "parse_bands"]
+__all__ = [
+    "SceneInfo",
+    "SceneSource",
+    "Validity",
+    "check_nodata",
+    "check_scene",
+    "open_raster",
+    "open_scene",
+    "parse_bands",
+    "read_validity",
+    "validity_of",
+]
+
+log = logging.getLogger(__name__)
 
 MaskKind = Literal["none", "nodata", "dataset"]
 
@@ -68,13 +88,122 @@ def parse_bands(bands: str | Sequence[int] | None, option: str = "--bands") -> t
 
 
 @dataclass(frozen=True)
+class Validity:
+    """How the validity of some bands of a dataset is read (no pixel data; picklable).
+
+    Attributes:
+        bands: the 1-based bands, in the order their data is read.
+        dataset_band: a band whose GDAL mask is the per-dataset mask (internal or ``.msk``
+            mask, or alpha band), read once and applied to every band; ``None`` if there is none.
+        gdal_nodata: per band, whether GDAL's own nodata mask is read (``read_masks``).
+        nodata: per band, a value compared here instead (the ``--nodata`` override), or ``None``.
+        finite: float bands: NaN and +-infinity are invalid.
+    """
+
+    bands: tuple[int, ...]
+    dataset_band: int | None
+    gdal_nodata: tuple[bool, ...]
+    nodata: tuple[float | None, ...]
+    finite: bool
+
+    @property
+    def kind(self) -> MaskKind:
+        """``dataset`` (a per-dataset mask or alpha), ``nodata`` (nodata values) or ``none``."""
+        if self.dataset_band is not None:
+            return "dataset"
+        if any(self.gdal_nodata) or any(v is not None for v in self.nodata):
+            return "nodata"
+        return "none"
+
+    @property
+    def always_valid(self) -> bool:
+        """No pixel can be invalid (no mask, no nodata, not float)."""
+        return self.kind == "none" and not self.finite
+
+
+def check_nodata(value: float, dtype: str, path: str, option: str = "--nodata") -> float:
+    """``value`` as a nodata value of ``dtype`` data; it must be one of the type's values.
+
+    Raises:
+        UserError: NaN, a fraction or an out-of-range value for integer data.
+    """
+    dt = np.dtype(dtype)
+    v = float(value)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        if not math.isfinite(v) or not v.is_integer() or not info.min <= int(v) <= info.max:
+            raise UserError(f"{option}: {value!r} is not a value of {dtype} data ({path} holds {info.min}..{info.max})")
+        return int(v)
+    if dt.kind == "f" and math.isfinite(v) and abs(v) > float(np.finfo(dt).max):
+        raise UserError(f"{option}: {value!r} is out of the range of {dtype} data ({path})")
+    return v
+
+
+def validity_of(src: rasterio.DatasetReader, bands: Sequence[int], nodata: float | None = None) -> Validity:
+    """GDAL's mask model for ``bands`` of ``src`` (see the module docstring).
+
+    Args:
+        src: the open dataset.
+        bands: 1-based bands whose data is read.
+        nodata: a value that replaces every selected band's own nodata value (already checked
+            with :func:`check_nodata`); masks and alpha bands still apply.
+    """
+    flags = src.mask_flag_enums
+    dataset_band = next((b + 1 for b in range(src.count) if MaskFlags.per_dataset in flags[b]), None)
+    gdal_nodata = tuple(nodata is None and MaskFlags.nodata in flags[b - 1] for b in bands)
+    override = tuple(nodata for _ in bands)
+    finite = any(np.dtype(src.dtypes[b - 1]).kind == "f" for b in bands)
+    return Validity(tuple(int(b) for b in bands), dataset_band, gdal_nodata, override, finite)
+
+
+def _differs(a: np.ndarray, value: float) -> np.ndarray:
+    """``a != value`` in ``a``'s own type (NaN equals NaN), as GDAL compares with nodata."""
+    if isinstance(value, float) and math.isnan(value):
+        return ~np.isnan(a)
+    if a.dtype.kind in "iu":
+        return a != int(value)
+    return a != np.asarray(value, dtype=a.dtype)
+
+
+def read_validity(
+    ds: rasterio.DatasetReader,
+    rule: Validity,
+    data: np.ndarray,
+    window: Window,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray | None:
+    """Per-band validity of ``data`` (``(C, h, w)``, the bands of ``rule`` read in ``window``).
+
+    Returns:
+        ``(C, h, w)`` bool (a pixel is valid where any band is), or ``None`` when every value is
+        valid. GDAL read errors propagate as :class:`rasterio.errors.RasterioError`.
+    """
+    if rule.always_valid:
+        return None
+    valid = np.ones(data.shape, bool)
+    if rule.dataset_band is not None:
+        valid &= ds.read_masks(rule.dataset_band, window=window, out_shape=out_shape)[None] > 0
+    for i, band in enumerate(rule.bands):
+        if rule.gdal_nodata[i]:
+            valid[i] &= ds.read_masks(band, window=window, out_shape=out_shape) > 0
+        nd = rule.nodata[i]
+        if nd is not None:
+            valid[i] &= _differs(data[i], nd)
+    if rule.finite and data.dtype.kind == "f":
+        valid &= np.isfinite(data)
+    return valid
+
+
+@dataclass(frozen=True)
 class SceneInfo:
     """What the pipeline needs to know about a scene (no pixel data).
 
-    ``bands`` are the selected 1-based band numbers, in model order. ``mask_kind`` says how
-    validity is read: ``none`` (all valid, NaN aside), ``nodata`` (compare with ``nodata``) or
-    ``dataset`` (per-dataset mask or alpha band, read with ``read_masks``). ``gcps`` are set
-    only for scenes georeferenced by ground control points alone (no CRS, identity transform).
+    ``bands`` are the selected 1-based band numbers, in model order. ``nodata`` are their
+    nodata values (the override, when one was given). ``validity`` says how invalid pixels are
+    found (GDAL's masks; ``mask_kind`` summarises it). ``gcps`` are set only for scenes
+    georeferenced by ground control points alone (no CRS, identity transform). ``notes`` are
+    one-line remarks for the user (already logged once by :func:`open_scene`), such as which
+    bands were chosen when the file did not say.
     """
 
     path: str
@@ -88,30 +217,26 @@ class SceneInfo:
     gcp_crs: CRS | None
     bands: tuple[int, ...]
     nodata: tuple[float | None, ...]
-    mask_kind: MaskKind
+    validity: Validity
     has_overviews: bool
     block_shape: tuple[int, int]
+    notes: tuple[str, ...] = ()
 
     @property
     def is_float(self) -> bool:
         return np.dtype(self.dtype).kind == "f"
+
+    @property
+    def mask_kind(self) -> MaskKind:
+        return self.validity.kind
 
 
 def _is_local(path: str) -> bool:
     return "://" not in path and not path.startswith("/vsi")
 
 
-def _mask_kind(src: rasterio.DatasetReader, bands: Sequence[int]) -> MaskKind:
-    flags = [src.mask_flag_enums[b - 1] for b in bands]
-    if any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
-        return "dataset"
-    if any(MaskFlags.nodata in f for f in flags):
-        return "nodata"
-    return "none"
-
-
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open any raster GDAL reads, or raise one clear line: missing, a directory, or unreadable."""
+    """Open any raster GDAL reads, or raise one clear line: missing, a directory, empty, or unreadable."""
     p = str(path)
     if _is_local(p):
         fp = Path(p)
@@ -119,6 +244,8 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
             raise UserError(f"{p}: no such file")
         if fp.is_dir():
             raise UserError(f"{p}: is a directory, not a raster")
+        if fp.is_file() and fp.stat().st_size == 0:
+            raise UserError(f"{p}: is empty (0 bytes), not a raster")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -149,26 +276,44 @@ def check_scene(path: str | Path) -> None:
     open_raster(path).close()
 
 
-def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Sequence[int], needed: int) -> SceneInfo:
+def open_scene(
+    path: str | Path,
+    bands: Sequence[int] | None,
+    default_bands: Sequence[int],
+    needed: int,
+    *,
+    nodata: float | None = None,
+) -> SceneInfo:
     """Open ``path``, check it and the band selection, and describe it.
+
+    Band choice without ``bands``: the model's ``default_bands`` (its checkpoint's). A model on
+    bands ``1,2,3`` is an RGB model: when the file says which bands are red, green and blue
+    (colour interpretation, else band descriptions such as ``Red``), those are used; when it
+    has more bands than the model takes and does not say, bands ``1..needed`` are used and a
+    warning naming the file says so once (logged, and kept in :attr:`SceneInfo.notes`).
 
     Args:
         path: any raster GDAL opens (GeoTIFF, COG, VRT, JP2, ``/vsi...`` paths).
-        bands: 1-based band numbers chosen by the user, or ``None`` for ``default_bands``.
-        default_bands: the model's bands (from its checkpoint), used when ``bands`` is ``None``.
+        bands: 1-based band numbers chosen by the user, or ``None`` (see above).
+        default_bands: the model's bands (from its checkpoint).
         needed: the number of bands the model takes.
+        nodata: a value that replaces the selected bands' own nodata value (``--nodata``);
+            masks and alpha bands still apply.
 
     Raises:
-        UserError: missing file, not a raster, a band selection that does not fit the scene
-            or the model.
+        UserError: missing or empty file, not a raster, a band selection that does not fit the
+            scene or the model, or a ``nodata`` value the data type cannot hold.
     """
     p = str(path)
     src = open_raster(p)
+    notes: list[str] = []
     with src:
         if src.count < 1 or src.width < 1 or src.height < 1:
             raise UserError(f"{p}: has no pixels or no bands")
         if bands is None:
-            chosen = tuple(int(b) for b in default_bands)
+            chosen, note = _default_bands(src, p, tuple(int(b) for b in default_bands), needed)
+            if note:
+                notes.append(note)
             missing = [b for b in chosen if b > src.count]
             if missing:
                 raise UserError(
@@ -182,17 +327,21 @@ def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Seq
                 raise UserError(f"--bands: band {missing[0]} does not exist in {p} (it has {src.count} band(s))")
         if len(chosen) != needed:
             raise UserError(f"--bands: the model takes {needed} band(s), got {len(chosen)} ({_fmt(chosen)})")
-        nodata = tuple(src.nodatavals[b - 1] for b in chosen)
         dtypes = {src.dtypes[b - 1] for b in chosen}
         if len(dtypes) != 1:
             raise UserError(f"--bands: bands {_fmt(chosen)} of {p} mix data types {sorted(dtypes)}")
         dtype = dtypes.pop()
         if np.dtype(dtype).kind == "c":
             raise UserError(f"{p}: complex-valued bands are not supported")
+        if nodata is not None:
+            nodata = check_nodata(nodata, dtype, p)
+            nodata_vals: tuple[float | None, ...] = tuple(nodata for _ in chosen)
+        else:
+            nodata_vals = tuple(src.nodatavals[b - 1] for b in chosen)
         _probe_last_block(src, chosen[0], p)
         gcps, gcp_crs = src.gcps
         block = src.block_shapes[chosen[0] - 1]
-        return SceneInfo(
+        info = SceneInfo(
             path=p,
             width=src.width,
             height=src.height,
@@ -203,11 +352,58 @@ def open_scene(path: str | Path, bands: Sequence[int] | None, default_bands: Seq
             gcps=tuple(gcps) if src.crs is None and gcps else (),
             gcp_crs=gcp_crs if src.crs is None and gcps else None,
             bands=chosen,
-            nodata=nodata,
-            mask_kind=_mask_kind(src, chosen),
+            nodata=nodata_vals,
+            validity=validity_of(src, chosen, nodata),
             has_overviews=bool(src.overviews(chosen[0])),
             block_shape=(int(block[0]), int(block[1])),
+            notes=tuple(notes),
         )
+    for n in notes:
+        log.warning(n)
+    return info
+
+
+_COLOURS = (("red", ColorInterp.red), ("green", ColorInterp.green), ("blue", ColorInterp.blue))
+#: words that make "red"/"blue" another band: red edge, coastal/deep blue
+_NOT_RGB = {"edge", "rededge", "coastal", "deep", "aerosol", "nir", "infrared"}
+
+
+def _rgb_of(src: rasterio.DatasetReader) -> tuple[tuple[int, ...], str] | None:
+    """The red, green, blue bands the file names (colour interpretation, else descriptions), if it names all three."""
+    interp = list(src.colorinterp)
+    by_interp = [[b + 1 for b, c in enumerate(interp) if c == ci] for _, ci in _COLOURS]
+    if all(len(found) == 1 for found in by_interp):
+        return tuple(found[0] for found in by_interp), "colour interpretation"
+    words = [set(re.findall(r"[a-z]+", (d or "").lower())) for d in src.descriptions]
+    by_desc = [[b + 1 for b, w in enumerate(words) if name in w and not (w & _NOT_RGB)] for name, _ in _COLOURS]
+    if all(len(found) == 1 for found in by_desc):
+        return tuple(found[0] for found in by_desc), "band descriptions"
+    return None
+
+
+def _default_bands(
+    src: rasterio.DatasetReader, p: str, default: tuple[int, ...], needed: int
+) -> tuple[tuple[int, ...], str | None]:
+    """The bands to read without ``--bands``, and a note when the choice is a guess."""
+    generic = default == tuple(range(1, len(default) + 1))
+    if not generic:
+        return default, None  # the checkpoint names its own bands
+    if needed == 3 and len(default) == 3:
+        rgb = _rgb_of(src)
+        if rgb is not None:
+            return rgb[0], None
+        if src.count > needed:
+            return default, (
+                f"{p}: has {src.count} bands and does not say which are red, green and blue (no colour "
+                f"interpretation or band descriptions); using bands {_fmt(default)} as red, green, blue; "
+                "choose others with --bands (e.g. --bands 3,2,1 for blue, green, red)"
+            )
+    elif src.count > needed:
+        return default, (
+            f"{p}: has {src.count} bands; the model takes {needed} and its checkpoint does not name them: "
+            f"using bands {_fmt(default)}; choose others with --bands"
+        )
+    return default, None
 
 
 def _fmt(bands: Sequence[int]) -> str:
@@ -268,25 +464,11 @@ class SceneSource:
         shape = None if out_shape is None else (len(info.bands), *out_shape)
         try:
             data = ds.read(info.bands, window=window, out_shape=shape)
-            masks = None
-            if info.mask_kind == "dataset":
-                m = ds.read_masks(info.bands[0], window=window, out_shape=out_shape)
-                masks = np.broadcast_to(m[None] > 0, data.shape)
+            valid = read_validity(ds, info.validity, data, window, out_shape)
         except RasterioError as e:
             w = window
             raise UserError(
                 f"{info.path}: read error at rows {int(w.row_off)}-{int(w.row_off + w.height)}, "
                 f"cols {int(w.col_off)}-{int(w.col_off + w.width)} (corrupt or truncated file?): {_first_line(e)}"
             ) from None
-        valid = masks
-        if info.mask_kind == "nodata":
-            valid = np.ones(data.shape, dtype=bool)
-            for i, nd in enumerate(info.nodata):
-                if nd is None:
-                    continue
-                valid[i] = ~np.isnan(data[i]) if np.isnan(nd) else data[i] != nd
-        if info.is_float:
-            finite = np.isfinite(data)
-            if not finite.all():
-                valid = finite if valid is None else (valid & finite)
         return data, valid

@@ -31,6 +31,8 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
 from ..errors import UserError
+from ..raster.source import read_validity
+from .canonical import first_pixel_keys
 from .parts import Parts
 from .postprocess import Finished, Finisher
 from .source import SHAPES_DTYPES, MaskSource, ProbsSource
@@ -72,8 +74,10 @@ class PolygonizeJob:
     """Everything a (possibly remote) worker needs to polygonize any block.
 
     ``classes`` restricts the polygonized class ids (``None``: all but 0 unless
-    ``keep_background``). ``gdal_cache_mb`` caps GDAL's block cache so reading a huge raster
-    block by block does not fill memory with cached tiles.
+    ``keep_background``). ``count_classes``: stop once more than :data:`.source.MAX_CLASSES`
+    distinct values were polygonized (a raster without class names that is an image).
+    ``gdal_cache_mb`` caps GDAL's block cache so reading a huge raster block by block does not
+    fill memory with cached tiles.
     """
 
     mask: MaskSource
@@ -83,6 +87,7 @@ class PolygonizeJob:
     keep_background: bool
     connectivity: int
     finisher: Finisher
+    count_classes: bool = False
     gdal_cache_mb: int = 64
 
 
@@ -100,6 +105,7 @@ class BlockResult:
             a seam), the index into ``open`` of the polygon holding it, or -1 (``(w,)`` for
             top/bottom, ``(h,)`` for left/right; ``None`` on the raster's outer edge).
         n_polygons: polygons ``shapes`` produced in this block.
+        class_ids: the distinct class ids polygonized in this block.
     """
 
     i: int
@@ -112,6 +118,7 @@ class BlockResult:
     left: NDArray[np.int64] | None
     right: NDArray[np.int64] | None
     n_polygons: int = 0
+    class_ids: NDArray[np.int64] | None = None
 
 
 def shapes_to_polygons(
@@ -161,6 +168,28 @@ def shapes_to_polygons(
     np.cumsum(rings_per_poly, out=poly_off[1:])
     geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, flat.reshape(-1, 2), (ring_off, poly_off))
     return np.asarray(geoms, dtype=object), np.asarray(values, np.float64).astype(np.int64), kept
+
+
+def _quantum_sums(
+    labels: NDArray[np.int32], conf: NDArray[np.float32], probs: ProbsSource, n: int
+) -> NDArray[np.int64]:
+    """Exact per-polygon sums of confidence in integer quanta (``(n,)``; -1 where a pixel has none).
+
+    ``labels`` ``(h, w)`` holds polygon ``k`` as ``k + 1`` (0 elsewhere); ``conf`` the raster's
+    own values (NaN where unknown). Values are split in 12-bit halves so every float64 sum
+    is exact, then combined as int64.
+    """
+    lab = labels.ravel()
+    c = conf.ravel()
+    unknown = np.isnan(c)
+    scaled = np.where(unknown, 0.0, c) / (probs.quantum if probs.is_float else 1.0)
+    q = np.rint(np.clip(scaled, -(2.0**40), 2.0**40)).astype(np.int64)  # garbage beyond 0-1 must not overflow
+    hi = np.bincount(lab, weights=q >> 12, minlength=n + 1)[1:]
+    lo = np.bincount(lab, weights=q & 4095, minlength=n + 1)[1:]
+    sums = (hi.astype(np.int64) << 12) + lo.astype(np.int64)
+    if unknown.any():
+        sums[np.bincount(lab, weights=unknown, minlength=n + 1)[1:] > 0] = -1
+    return sums
 
 
 def _runs_to_ids(
@@ -234,31 +263,46 @@ class BlockPolygonizer:
             ) from None
 
     def _valid(self, a: NDArray[Any], window: Window) -> NDArray[np.bool_]:
+        """Pixels to polygonize: valid under GDAL's masks (as ``predict`` reads scenes) and selected."""
         job, m = self.job, self.job.mask
-        if m.mask_kind == "nodata":
-            valid = a != m.nodata
-        elif m.mask_kind == "dataset":
-            try:
-                valid = self._mask.read_masks(1, window=window) != 0
-            except RasterioError as e:
-                raise UserError(f"{m.path}: cannot read the mask band: {' '.join(str(e).split())[:200]}") from None
-        else:
-            valid = np.ones(a.shape, bool)
+        try:
+            v = read_validity(self._mask, m.validity, a[None], window)
+        except RasterioError as e:
+            raise UserError(f"{m.path}: cannot read the mask band: {' '.join(str(e).split())[:200]}") from None
+        valid = np.ones(a.shape, bool) if v is None else v[0]
         if job.classes is not None:
             valid &= np.isin(a, np.asarray(job.classes))
         elif not job.keep_background:
             valid &= a != 0
         return valid
 
-    def _for_shapes(self, a: NDArray[Any]) -> NDArray[Any]:
+    def _for_shapes(self, a: NDArray[Any], valid: NDArray[np.bool_], r0: int, c0: int) -> NDArray[Any]:
+        """``a`` in a dtype ``shapes`` takes; only valid pixels count (invalid ones become 0).
+
+        Raises:
+            UserError: a valid value outside 32 bits, or (float rasters) not a whole number.
+        """
         if a.dtype.name in SHAPES_DTYPES:
             return a
         if a.dtype == np.int8:
             return a.astype(np.int16)
-        lo, hi = int(a.min()), int(a.max())
-        if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
-            raise UserError(f"{self.job.mask.path}: class ids must fit in 32 bits, found {hi if hi > 0 else lo}")
-        return a.astype(np.int32)
+        v = a[valid]
+        if a.dtype.kind == "f":
+            bad = np.flatnonzero(v != np.floor(v))  # NaN and fractions
+            if len(bad):
+                r, c = np.argwhere(valid)[bad[0]]
+                raise UserError(
+                    f"{self.job.mask.path}: the value {float(v[bad[0]])!r} at row {r0 + r}, col {c0 + c} is not a "
+                    "class id (a whole number)"
+                )
+        if len(v):
+            lo, hi = v.min(), v.max()
+            i32 = np.iinfo(np.int32)
+            if lo < i32.min or hi > i32.max:
+                bad_value = lo if lo < i32.min else hi
+                shown = int(bad_value) if np.isfinite(bad_value) else float(bad_value)
+                raise UserError(f"{self.job.mask.path}: class ids must fit in 32 bits, found {shown}")
+        return np.where(valid, a, 0).astype(np.int32)
 
     def _confidence(self, a: NDArray[Any], valid: NDArray[np.bool_], window: Window) -> NDArray[np.float32]:
         """Per-pixel confidence in the raster's own scale (0-255 for uint8; NaN where unknown)."""
@@ -300,7 +344,8 @@ class BlockPolygonizer:
             )
         tf = Affine.translation(c0, r0)
         geoms, values, geojson = shapes_to_polygons(
-            shapes(self._for_shapes(a), mask=valid, connectivity=job.connectivity, transform=tf), keep_geojson=with_conf
+            shapes(self._for_shapes(a, valid, r0, c0), mask=valid, connectivity=job.connectivity, transform=tf),
+            keep_geojson=with_conf,
         )
         if job.connectivity == 8:
             # pixels joined at a corner come out as self-touching rings: make them valid
@@ -314,13 +359,10 @@ class BlockPolygonizer:
             labels = rasterize(
                 ((g, k + 1) for k, g in enumerate(geojson)), out_shape=(h, w), transform=tf, fill=0, dtype="int32"
             )
-            conf = self._confidence(a, valid, win)
-            # sums of raw values are exact in float64; scale once
-            conf_sum = (
-                np.bincount(labels.ravel(), weights=conf.ravel(), minlength=len(geojson) + 1)[1:] * job.probs.scale
-            )
-            del geojson, labels, conf
-        parts = Parts(geoms, values.astype(np.int32), np.rint(shapely.area(geoms)).astype(np.int64), conf_sum)
+            conf_sum = _quantum_sums(labels, self._confidence(a, valid, win), job.probs, len(geojson))
+            del geojson, labels
+        pixels = np.rint(shapely.area(geoms)).astype(np.int64)
+        parts = Parts(geoms, values.astype(np.int32), pixels, first_pixel_keys(geoms, grid.width), conf_sum)
 
         b = shapely.bounds(geoms)  # pixel-aligned: a bound on a block edge means pixels on it
         t_top = (b[:, 1] == r0) & seam_top
@@ -354,4 +396,5 @@ class BlockPolygonizer:
             strip(a[:, 0], valid[:, 0], np.full(h, c0 + 0.5), rows) if seam_left else None,
             strip(a[:, -1], valid[:, -1], np.full(h, c0 + w - 0.5), rows) if seam_right else None,
             n_polygons=len(parts),
+            class_ids=np.unique(values),
         )

@@ -2,42 +2,49 @@
 
 Pipeline (see the modules for each step):
 
-1. :mod:`.source` checks the mask (single-band integer), the probabilities and the output;
+1. :mod:`.options` validates the options (:class:`.options.VectorOptions`),
+   :func:`segnext_geo.outputs.check_outputs` the output (never an input), :mod:`.source` the
+   mask (a class raster; validity from GDAL's masks) and the probabilities;
 2. :mod:`.polygonize` polygonizes each block with ``rasterio.features.shapes`` (in worker
    processes with ``workers > 1``); complete polygons are post-processed there;
 3. :mod:`.seams` merges polygons cut by seams, exactly, as the blocks arrive in order;
-4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification;
-5. :mod:`.writers` appends features with pyogrio and the output is renamed into place.
+4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification and
+   puts every geometry in canonical form (:mod:`.canonical`);
+5. :mod:`.writers` appends features to a scratch GeoPackage, copies them into the output in
+   first-pixel order, and the output is renamed into place.
 
 The polygons equal those of ``rasterio.features.shapes`` on the whole array (same count per
 class, same point sets), are valid, never overlap, and cover exactly the selected pixels
-(before simplification). Memory follows ``block_size`` and the polygons still open at the
-current block row, not the scene, except that ``fill_holes_below`` holds the polygons smaller
-than its threshold and ``simplify`` holds every polygon until the end (the coverage has to be
-simplified as a whole).
+(before simplification). The output file does not depend on ``block_size`` or ``workers``.
+Memory follows ``block_size`` and the polygons still open at the current block row, not the
+scene, except that ``fill_holes_below`` holds the polygons with a part smaller than its
+threshold (and the owners of leaky holes) and ``simplify`` holds every polygon until the end
+(the coverage has to be simplified as a whole).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import UserError
-from ..outputs import atomic_output, check_output, sigterm_as_interrupt
+from ..outputs import atomic_output, check_outputs, local_file, sigterm_as_interrupt
 from .attributes import GeomArray, Meter
+from .options import VectorOptions
 from .parts import Parts
 from .polygonize import BlockGrid, PolygonizeJob
-from .postprocess import Finished, Finisher, parse_tolerance
+from .postprocess import Finished, Finisher
 from .seams import SeamStitcher
-from .source import class_name_lookup, open_mask, open_probs
+from .source import MAX_CLASSES, class_name_lookup, not_classes, open_mask, open_probs
 from .workers import Runner
 from .writers import FeatureWriter, output_driver
 
@@ -79,38 +86,16 @@ class VectorizeResult:
     max_open: int = 0
 
 
-def _check_options(
-    connectivity: int, block_size: int, workers: int, min_area: float | None, fill_holes_below: float | None
-) -> None:
-    if connectivity not in (4, 8):
-        raise UserError(f"--connectivity: must be 4 or 8, got {connectivity}")
-    if block_size < 1:
-        raise UserError(f"--block-size: must be a positive number of pixels, got {block_size}")
-    if workers < 1:
-        raise UserError(f"--workers: must be at least 1, got {workers}")
-    for name, v in (("--min-area", min_area), ("--fill-holes-below", fill_holes_below)):
-        if v is not None and (not np.isfinite(v) or v < 0):
-            raise UserError(f"{name}: must be a non-negative area in m², got {v}")
-
-
 def vectorize_raster(
     mask: str | Path,
     out: str | Path,
+    options: VectorOptions | None = None,
     *,
     probs: str | Path | None = None,
     class_names: Sequence[str] | None = None,
-    classes: Sequence[int] | None = None,
-    keep_background: bool = False,
-    min_area: float | None = None,
-    simplify: str | float | None = None,
-    fill_holes_below: float | None = None,
-    connectivity: int = 4,
-    block_size: int = 2048,
-    workers: int = 1,
     overwrite: bool = False,
     source: str | None = None,
     layer: str | None = None,
-    to_wgs84: bool = False,
     progress: bool = True,
 ) -> VectorizeResult:
     """Polygonize a class raster block by block into a vector file, seam-free.
@@ -119,24 +104,16 @@ def vectorize_raster(
         mask: single-band integer class GeoTIFF (uint8 with nodata 255, as ``predict`` writes).
         out: ``.gpkg`` (recommended), ``.parquet`` (GeoParquet, needs pyarrow), ``.fgb``,
             ``.geojson`` or ``.shp``; written atomically.
+        options: what to polygonize and how (classes, min area, holes, simplification,
+            connectivity, block size, workers, CRS, nodata); default ``VectorOptions()``.
         probs: 1-band confidence or K-band per-class probabilities on the mask's grid (uint8
             0-255 or float 0-1); adds ``mean_confidence`` (mean over the polygon's pixels).
         class_names: names of classes ``0..K-1``; default: the mask's ``class_names`` tag (JSON
             list), else ``class_<id>``.
-        classes: only these class ids (overrides ``keep_background``).
-        keep_background: also emit class 0 (nodata is never emitted).
-        min_area: drop polygons smaller than this many m² (after merging across seams).
-        simplify: coverage-simplification tolerance, metres (``2.5`` or ``"2.5m"``) or pixels
-            (``"1.5px"``); neighbours keep shared edges. Holds all polygons until the end.
-        fill_holes_below: fill holes smaller than this many m²; polygons inside them are dropped.
-        connectivity: 4 (pixels sharing an edge) or 8 (also a corner; geometries are then
-            MultiPolygons, as pixels touching at a corner cannot form a valid Polygon).
-        block_size: block side in pixels; memory grows with its square.
-        workers: processes polygonizing blocks in parallel.
         overwrite: replace an existing ``out``.
-        source: the ``source`` column (default: the mask path).
+        source: the ``source`` column, and the name warnings give the raster (default: the mask
+            path); ``predict`` passes the user's scene, not its temporary class raster.
         layer: layer name (default: ``out``'s stem).
-        to_wgs84: write EPSG:4326 lon/lat instead of the mask's CRS.
         progress: show a tqdm bar over blocks (on stderr).
 
     Returns:
@@ -145,41 +122,49 @@ def vectorize_raster(
     Raises:
         UserError: bad input or options (one line naming the file or option).
     """
+    opts = options if options is not None else VectorOptions()
+    if not isinstance(opts, VectorOptions):
+        raise TypeError(f"vectorize_raster: options must be a VectorOptions, got {type(opts).__name__}")
     t0 = time.perf_counter()
-    _check_options(connectivity, block_size, workers, min_area, fill_holes_below)
-    out_path = check_output(out, overwrite)
+    out_path = Path(out)
+    check_outputs([mask] + ([probs] if probs is not None else []), [("--out", out_path)], overwrite)
     driver = output_driver(out_path)
-    m = open_mask(mask)
+    shown = str(mask) if source is None else source
+    m = open_mask(
+        mask, nodata=opts.nodata, force_classes=opts.force_classes, named=class_names is not None, shown=shown
+    )
     notes: list[str] = list(m.notes)
     names = list(class_names) if class_names is not None else (list(m.tag_class_names or []) or None)
     p = open_probs(probs, m, names) if probs is not None else None
     if m.crs_wkt is None:
         notes.append(
-            f"{m.path}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
+            f"{shown}: no CRS; coordinates, area_m2 and perimeter_m are in the raster's own units "
             "(pixels for an identity transform), not metres"
         )
-    meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=to_wgs84)
-    notes.extend(f"{m.path}: {n}" for n in meter.notes)
-    tol = parse_tolerance(simplify)
+    meter = Meter(m.transform, m.crs_wkt, center_px=(m.width / 2, m.height / 2), to_wgs84=opts.to_wgs84)
+    notes.extend(f"{shown}: {n}" for n in meter.notes)
+    tol = opts.tolerance
     simplify_px = None if tol is None else (tol[0] if tol[1] == "px" else tol[0] / meter.pixel_size_m())
     with_conf = p is not None
     finisher = Finisher(
         meter,
-        min_area_m2=min_area or None,
-        fill_holes_m2=fill_holes_below or None,
+        min_area_m2=opts.min_area_m2,
+        fill_holes_m2=opts.fill_holes_m2,
         simplify_px=simplify_px,
-        multi=connectivity == 8,
+        multi=opts.connectivity == 8,
         with_conf=with_conf,
+        conf_quantum=p.quantum if p is not None else 1.0,
     )
-    grid = BlockGrid(m.height, m.width, block_size)
+    grid = BlockGrid(m.height, m.width, opts.block_size)
     job = PolygonizeJob(
         mask=m,
         probs=p,
         grid=grid,
-        classes=tuple(int(c) for c in classes) if classes is not None else None,
-        keep_background=keep_background,
-        connectivity=connectivity,
+        classes=opts.classes,
+        keep_background=opts.keep_background,
+        connectivity=opts.connectivity,
         finisher=finisher,
+        count_classes=names is None and not opts.force_classes,
     )
     layer_name = layer or out_path.stem
     units = (
@@ -193,14 +178,15 @@ def vectorize_raster(
             driver=driver,
             layer=layer_name,
             crs_wkt=meter.output_crs_wkt,
-            geometry_type="MultiPolygon" if connectivity == 8 else "Polygon",
+            geometry_type="MultiPolygon" if opts.connectivity == 8 else "Polygon",
             class_names=class_name_lookup(names),
             source=str(mask) if source is None else source,
             with_confidence=with_conf,
-            layer_metadata={"source": str(mask), "connectivity": str(connectivity), "measures": units},
+            layer_metadata={"source": shown, "connectivity": str(opts.connectivity), "measures": units},
+            timestamp=_content_date(m.path),
         )
         try:
-            stats = _run(job, workers, finisher, writer, progress, notes)
+            stats = _run(job, opts.workers, finisher, writer, progress, notes)
             writer.finish()
             writer.move_companions(out_path)
         finally:
@@ -210,7 +196,7 @@ def vectorize_raster(
     if writer.count == 0:
         notes.append(
             f"{out_path}: no polygons (the mask has no pixels of the selected classes"
-            f"{' above --min-area' if min_area else ''}); wrote an empty layer"
+            f"{' above --min-area' if opts.min_area_m2 else ''}); wrote an empty layer"
         )
     for n in notes:
         log.warning(n)
@@ -218,7 +204,7 @@ def vectorize_raster(
     return VectorizeResult(
         path=out_path,
         count=writer.count,
-        crs=None if meter.kind == "none" else ("EPSG:4326" if to_wgs84 else m.crs_name),
+        crs=None if meter.kind == "none" else ("EPSG:4326" if opts.to_wgs84 else m.crs_name),
         elapsed_s=time.perf_counter() - t0,
         warnings=notes,
         layer=layer_name,
@@ -229,6 +215,19 @@ def vectorize_raster(
         absorbed=stats["absorbed"],
         max_open=stats["max_open"],
     )
+
+
+def _content_date(path: str) -> datetime | None:
+    """The date the output records: ``SOURCE_DATE_EPOCH`` if set, else the mask's modification
+    time (so the same mask gives the same bytes), else ``None`` (now)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        if epoch:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        local = local_file(path)
+        return datetime.fromtimestamp(int(local.stat().st_mtime), UTC) if local is not None else None
+    except (OSError, ValueError, OverflowError):
+        return None
 
 
 def _run(
@@ -245,6 +244,7 @@ def _run(
     holes: list[GeomArray] = []
     queue: deque[Finished | Future[Finished]] = deque()
     dropped = max_open = n_deferred = 0
+    seen: set[int] = set()
 
     def drain(wait: bool) -> None:
         nonlocal dropped, n_deferred
@@ -264,6 +264,10 @@ def _run(
         if runner.note:
             notes.append(runner.note)
         for res in runner.blocks():
+            if job.count_classes and res.class_ids is not None:
+                seen.update(res.class_ids.tolist())
+                if len(seen) > MAX_CLASSES:  # the sample in open_mask missed it
+                    raise not_classes(job.mask.path)
             queue.append(res.finished)
             closed = stitcher.add(res)
             max_open = max(max_open, stitcher.n_open + sum(len(g.geoms) for g in closed))

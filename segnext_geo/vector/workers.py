@@ -66,9 +66,18 @@ class Runner:
         self.job = job
         self.workers = max(1, min(workers, len(job.grid)))
         self.note: str | None = None
+        in_memory = [
+            p for p in (job.mask.path, job.probs.path if job.probs else None) if p and p.startswith("/vsimem/")
+        ]
         if self.workers > 1 and multiprocessing.current_process().daemon:
             # e.g. inside a Dask worker: daemonic processes may not start children
             self.note = f"--workers {workers}: running inside a daemonic process (a Dask worker?); using 1 process"
+            self.workers = 1
+        elif self.workers > 1 and in_memory:
+            self.note = (
+                f"--workers {workers}: {in_memory[0]} lives in this process's memory (/vsimem/), which worker "
+                "processes cannot read; using 1 process"
+            )
             self.workers = 1
         self._local: BlockPolygonizer | None = None
         self._pool: ProcessPoolExecutor | None = None
