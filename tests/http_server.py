@@ -14,7 +14,8 @@ can assert how much a client downloaded.
 - ``"stall"``: sends the headers, then nothing until the server stops;
 - ``"no-range"``: ignores ``Range`` and always sends the whole file with ``200``.
 
-``statuses[name] = 503`` (any code) answers that status with an empty body instead.
+``statuses[name] = 503`` (any code) answers that status with an empty body instead;
+``types[name]`` sets the ``Content-Type`` (default: guessed from the name's extension).
 
 Why a separate process: some GDAL calls made through rasterio keep Python's GIL while GDAL
 waits on HTTP (opening ``/vsicurl/`` without ``GDAL_DISABLE_READDIR_ON_OPEN`` lists the
@@ -171,6 +172,7 @@ class HttpServer:
         self.files = _FileStore(self._state / "files")
         self.modes: MutableMapping[str, str] = _ControlDict(self._write_control)
         self.statuses: MutableMapping[str, int] = _ControlDict(self._write_control)
+        self.types: MutableMapping[str, str] = _ControlDict(self._write_control)
         self._slow_pause = 0.05
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -223,9 +225,14 @@ class HttpServer:
         self._write_control()
 
     def _write_control(self) -> None:
-        if not hasattr(self, "statuses"):
+        if not hasattr(self, "types"):
             return
-        control = {"modes": dict(self.modes), "statuses": dict(self.statuses), "slow_pause": self._slow_pause}
+        control = {
+            "modes": dict(self.modes),
+            "statuses": dict(self.statuses),
+            "types": dict(self.types),
+            "slow_pause": self._slow_pause,
+        }
         tmp = self._state / "control.json.tmp"
         tmp.write_text(json.dumps(control))
         os.replace(tmp, self._state / "control.json")
@@ -357,7 +364,7 @@ def _serve(state: Path, root: Path | None) -> None:
             if not head:
                 with stats.lock:
                     stats.ranges.setdefault(name, []).extend(ranges or [(0, len(data))])
-            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            ctype = ctl["types"].get(name) or mimetypes.guess_type(name)[0] or "application/octet-stream"
             if len(ranges) > 1:
                 self._multipart(name, data, ranges, ctype, head)
                 return

@@ -488,8 +488,16 @@ def test_remote_errors(colours: tuple[Path, dict[str, np.ndarray]]) -> None:
             resolve_stac(server.url_for("items/gone.json"))
 
 
-def test_is_stac(tmp_path: Path) -> None:
+def test_is_stac(tmp_path: Path, rgb: tuple[Path, np.ndarray]) -> None:
     assert is_stac("https://host/items/x.json") and not is_stac("https://host/cog.tif")
+    item = json.dumps(make_item("api", {"visual": (str(rgb[0]), {})}).to_dict(transform_hrefs=False)).encode()
+    with HttpServer(files={"collections/c/items/api": item, "cog": rgb[0].read_bytes()}) as server:
+        server.types["collections/c/items/api"] = "application/geo+json; charset=utf-8"
+        assert is_stac(server.url_for("collections/c/items/api"))  # a STAC API item URL: asked with HEAD
+        assert not is_stac(server.url_for("cog")) and not is_stac(server.url_for("missing"))
+        assert server.heads["collections/c/items/api"] == 1 and server.gets["collections/c/items/api"] == 0
+        (scene,) = resolve_stac(server.url_for("collections/c/items/api"))
+        assert scene.item_id == "api" and scene.path == str(rgb[0])
     (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature"}]}))
     assert not is_stac(tmp_path / "a.geojson")  # plain GeoJSON (an AOI), not STAC
     (tmp_path / "b.json").write_text("{broken")

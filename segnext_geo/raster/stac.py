@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import urllib.error
 import urllib.request
@@ -161,13 +162,22 @@ class _Source:
 def is_stac(ref: str | Path) -> bool:
     """Whether ``ref`` names a STAC document rather than a raster.
 
-    An http(s) URL whose path ends in ``.json``, or a local ``.json``/``.geojson`` file holding
-    a GeoJSON ``Feature`` or ``FeatureCollection`` with a ``stac_version`` (an unreadable local
-    ``.json`` counts as STAC, so that :func:`resolve_stac` reports what is wrong with it).
+    - an http(s) URL: its path ends in ``.json``/``.geojson``; ends in a raster extension
+      (``.tif``, ``.jp2``, ...): not STAC; otherwise (a STAC API item URL) the server is asked
+      with one ``HEAD`` request whether it serves JSON (``application/json``,
+      ``application/geo+json``); no answer: not STAC (GDAL then says what is wrong);
+    - a local ``.json``/``.geojson`` file holding a GeoJSON ``Feature`` or ``FeatureCollection``
+      with a ``stac_version`` (an unreadable local ``.json`` counts as STAC, so that
+      :func:`resolve_stac` reports what is wrong with it).
     """
     text = str(ref)
     if _is_url(text):
-        return urlparse(text).path.lower().endswith(".json")
+        suffix = posixpath.splitext(urlparse(text).path.lower())[1]
+        if suffix in (".json", ".geojson"):
+            return True
+        if suffix in _RASTER_SUFFIXES:
+            return False
+        return _serves_json(text)
     path = Path(text)
     if path.suffix.lower() not in (".json", ".geojson"):
         return False
@@ -185,6 +195,16 @@ def is_stac(ref: str | Path) -> bool:
         and isinstance(features, list)
         and any(isinstance(f, dict) and "stac_version" in f for f in features)
     )
+
+
+def _serves_json(url: str) -> bool:
+    """Whether a ``HEAD`` request for ``url`` answers with a JSON content type."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=_TIMEOUT_S) as r:
+            ctype = (r.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return ctype in ("application/json", "application/geo+json")
 
 
 def resolve_stac(ref: str | Path, asset: str | None = None) -> list[StacScene]:
