@@ -25,6 +25,7 @@ from segnext_geo.raster.gsd import (
     axis_taps,
     parse_gsd,
     plan_gsd,
+    raster_gsd,
     scene_gsd,
 )
 
@@ -288,3 +289,12 @@ def test_validity_goes_to_the_model_grid_by_nearest_neighbour() -> None:
     assert out.shape == (40, 45) and _extent(~out) == (8, 9, 8, 9)
     part = grid.valid_to_model(valid[2:12, 4:20], Window(4, 2, 16, 10), Window(8, 6, 20, 14))
     assert (part == out[6:20, 8:28]).all()
+
+
+def test_raster_gsd(tmp_path: Path) -> None:
+    path = _scene(tmp_path / "s.tif", 0.6, [], (20, 30))
+    g = raster_gsd(path)
+    assert g is not None and g.mean == pytest.approx(0.6 / 0.9996, rel=1e-7)
+    assert raster_gsd(write_tif(tmp_path / "plain.tif", np.zeros((1, 4, 4), np.uint8), crs=None)) is None
+    with pytest.raises(UserError, match="no such file"):
+        raster_gsd(tmp_path / "missing.tif")

@@ -11,10 +11,18 @@ Two helpers for the reader of a remote Cloud-Optimized GeoTIFF:
   boundaries, so a window is fetched as whole tiles and neighbouring windows never split a
   tile between two requests.
 
-Developer note: GDAL fetches whole blocks anyway; aligning matters for the *number* of range
-requests and for the block cache. A reader that reads overlapping tiles should read the
-block-aligned union once per row of tiles (or keep ``GDAL_CACHEMAX`` above one row of blocks)
-so each COG tile crosses the network once.
+Developer note, measured with ``benchmarks/remote_cog_reads.py`` (8192² COG, 512² tiles,
+25 overlapping 1024-px tiles with 256 px overlap over 4096², loopback server): bytes
+downloaded / bytes of the COG tiles touched, and HTTP requests:
+
+- one handle reading tile windows: 1.22x, 38 requests (48 without :func:`cloud_env`);
+- a handle per reader thread, 2 threads (how ``SceneSource`` reads today): 1.65x, 55 requests
+  (threads fetch the same COG tile at the same time, each for its own handle);
+- one :func:`align_window` read per row of tiles, tiles cut from it in memory: 1.01x,
+  10 requests, and the fastest.
+
+So for a remote scene the reader should read each row of tiles (a super-tile's rows) as one
+block-aligned window with one handle and cut the tiles from it in memory.
 """
 
 from __future__ import annotations

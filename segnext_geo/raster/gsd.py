@@ -1,6 +1,6 @@
 """Ground sample distance: a scene's GSD, the ``--gsd`` decision, and exact resampling between grids.
 
-1. :func:`scene_gsd`: the ground size of a scene's pixels in metres at the scene centre,
+1. :func:`scene_gsd` (:func:`raster_gsd` for a file): the ground size of a scene's pixels in metres at the scene centre,
    measured on the CRS's ellipsoid (geodesic distance across one pixel), so it is the true
    ground size in any CRS: for a projected CRS it is the pixel size times the unit factor
    divided by the projection's scale factor there (UTM: at most ~0.1 % from the nominal pixel
@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -53,6 +54,7 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from ..errors import UserError
+from .source import open_raster
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -64,6 +66,7 @@ __all__ = [
     "axis_taps",
     "parse_gsd",
     "plan_gsd",
+    "raster_gsd",
     "scene_gsd",
 ]
 
@@ -127,6 +130,16 @@ def scene_gsd(crs: CRS | None, transform: Affine, width: int, height: int) -> Gr
         )
 
 
+def raster_gsd(path: str | Path) -> GroundSampling | None:
+    """:func:`scene_gsd` of a raster file (for recording a training set's GSD).
+
+    Raises:
+        UserError: the file is missing or not a raster.
+    """
+    with open_raster(path) as src:
+        return scene_gsd(src.crs, src.transform, src.width, src.height)
+
+
 def parse_gsd(value: str | float | None) -> GsdMode:
     """``--gsd``: ``"auto"`` (or ``None``), ``"native"``, or a positive number of metres.
 
@@ -178,7 +191,8 @@ def plan_gsd(
 
     Args:
         mode: ``"native"`` (never resample), ``"auto"`` (resample to ``model_gsd`` when known and
-            the scene differs from it by more than ``tolerance``) or a target GSD in metres.
+            the scene differs from it by more than ``tolerance``) or a target GSD in metres
+            (resample to it, unless the scene is within ``tolerance`` of it).
         model_gsd: the GSD of the model's training data in metres, or ``None`` when it varies or
             is unknown (then ``auto`` means native).
         scene: :func:`scene_gsd` of the scene.

@@ -493,7 +493,7 @@ def _is_raster(asset: pystac.Asset) -> bool:
         return False
     media = (asset.media_type or "").lower()
     if media:
-        return media.startswith(("image/tiff", "image/jp2", "image/vnd.stac.geotiff", "application/x-hdf"))
+        return media.startswith(("image/tiff", "image/jp2", "image/vnd.stac.geotiff"))
     return urlparse(asset.href).path.lower().endswith(_RASTER_SUFFIXES)
 
 
