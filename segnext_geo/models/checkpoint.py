@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from .errors import CheckpointError
 from .jittor import JITTOR_MARKER, fill_num_batches_tracked, jittor_state_dict, read_jittor
 from .mscan import MSCAN_CONFIGS
 from .safe_pickle import MetadataPickleModule
@@ -54,10 +54,6 @@ __all__ = [
 
 META_KEY = "segnext_geo"
 _DEPTHS: dict[tuple[int, ...], str] = {tuple(cfg.depths): name for name, cfg in MSCAN_CONFIGS.items()}
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint file that cannot be used; the message is one line naming the file."""
 
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

@@ -39,13 +39,14 @@ __all__ = [
     "DownloadError",
     "cache_dir",
     "cached_path",
-    "checkpoint_or_default",
+    "default_checkpoint",
     "default_model",
     "download_url",
     "fetch_url",
     "fetch_weights",
     "import_weights",
     "is_cached",
+    "prepare_checkpoint",
     "resolve_checkpoint",
     "verify_file",
 ]
@@ -137,7 +138,7 @@ def verify_file(path: str | Path, weights: Weights | None = None, expect_hash: s
     Raises:
         CheckpointError: the file fails a check; the message says which.
     """
-    from .checkpoint import CheckpointError, inspect_file, load_model
+    from .checkpoint import CheckpointError, infer_variant, inspect_file, load_model
 
     p = Path(path)
     prefix = (weights.sha256_prefix if weights is not None else None) or expect_hash
@@ -157,6 +158,9 @@ def verify_file(path: str | Path, weights: Weights | None = None, expect_hash: s
                 f"{p}: holds {ck.family} weights, but {weights.name} is a {weights.family} file "
                 f"({weights.dataset}, {weights.variant})"
             )
+        found = infer_variant(ck.state_dict, p)
+        if found != weights.variant:
+            raise CheckpointError(f"{p}: holds {found} weights, but {weights.name} is a {weights.variant} model")
         load_model(ck, variant=weights.variant, num_classes=weights.num_classes or 1)
     else:
         load_model(ck, num_classes=1 if ck.family == "mscan-imagenet" else None)
@@ -381,16 +385,23 @@ def resolve_checkpoint(checkpoint: str | Path, progress: bool | None = None) -> 
     raise CheckpointError(f"{p}: checkpoint not found")
 
 
-def checkpoint_or_default(checkpoint: str | Path | None, progress: bool | None = None) -> str:
-    """For the CLI: ``None`` becomes :func:`default_model`; names and URLs are fetched now (with a bar).
+def default_checkpoint(checkpoint: str | Path | None) -> str:
+    """For the CLI's ``--checkpoint``: ``None`` (or blank) becomes :func:`default_model`, anything else a string."""
+    if checkpoint is None or not str(checkpoint).strip():
+        return default_model()
+    return str(checkpoint)
+
+
+def prepare_checkpoint(checkpoint: str | Path | None, progress: bool = True) -> str:
+    """For the CLI: :func:`default_checkpoint`, then fetch a name or URL now (bar unless ``progress=False``).
 
     Returns the string to pass on to the library, which then finds the file in the cache.
     """
-    spec = default_model() if checkpoint is None or not str(checkpoint).strip() else str(checkpoint)
+    spec = default_checkpoint(checkpoint)
     if is_url(spec):
-        fetch_url(spec, progress)
+        fetch_url(spec, None if progress else False)
     elif not Path(spec).expanduser().exists() and find_weights(spec) is not None:
-        fetch_weights(spec, progress)
+        fetch_weights(spec, None if progress else False)
     return spec
 
 

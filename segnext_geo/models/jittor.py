@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from .errors import CheckpointError
 from .safe_pickle import NumpyUnpickler, RefusedGlobal
 
 __all__ = [
@@ -43,7 +43,7 @@ JITTOR_MARKER = b"HCAJSLHD"
 _TRAILER = 20 + len(JITTOR_MARKER)
 
 
-class JittorError(UserError, ValueError):
+class JittorError(CheckpointError):
     """A Jittor weights file that cannot be used (bad trailer, refused pickle content)."""
 
 

@@ -25,6 +25,7 @@ from .meta import IMAGENET_MEAN, IMAGENET_STD, ISAID_CLASSES, ISAID_PALETTE
 
 __all__ = [
     "Weights",
+    "estimated_size",
     "find_weights",
     "get_weights",
     "list_weights",
@@ -187,7 +188,7 @@ def _entries() -> list[Weights]:
                 nmf_rank=_RANK_OFFICIAL[v],
                 crop_size=(896, 896),
                 miou=isaid_miou[v],
-                reported="single scale, iSAID val (SegNeXt paper Table 4, JSeg README)",
+                reported="single scale, iSAID val; SegNeXt paper Table 4 and JSeg README",
                 licence=LICENCES["iSAID"] + _CODE_LICENCE["jittor"],
                 publisher="the SegNeXt authors' Jittor port (JSeg)",
                 imagery=_ISAID_IMAGERY,
@@ -219,7 +220,7 @@ def _entries() -> list[Weights]:
                 nmf_rank=16,
                 crop_size=(512, 512),
                 miou=miou,
-                reported="single scale, ADE20K val (mmsegmentation 1.x README)",
+                reported="single scale, ADE20K val; mmsegmentation 1.x README",
                 licence=LICENCES["ADE20K"] + _CODE_LICENCE["mmseg"],
                 publisher="mmsegmentation 1.x (OpenMMLab)",
                 imagery=_ADE_IMAGERY,
@@ -256,7 +257,7 @@ def _entries() -> list[Weights]:
                 nmf_rank=_RANK_OFFICIAL[v],
                 crop_size=(512, 512),
                 miou=miou,
-                reported="single scale, ADE20K val (SegNeXt README and paper Table 9)",
+                reported="single scale, ADE20K val; SegNeXt README and paper Table 9",
                 licence=LICENCES["ADE20K"] + _CODE_LICENCE["official"],
                 publisher="the SegNeXt authors (Tsinghua cloud)",
                 imagery=_ADE_IMAGERY,
@@ -279,7 +280,7 @@ def _entries() -> list[Weights]:
                 nmf_rank=_RANK_OFFICIAL[v],
                 crop_size=(1024, 1024),
                 miou=miou,
-                reported="single scale, Cityscapes val (SegNeXt README and paper Table 9)",
+                reported="single scale, Cityscapes val; SegNeXt README and paper Table 9",
                 licence=LICENCES["Cityscapes"] + _CODE_LICENCE["official"],
                 publisher="the SegNeXt authors (Tsinghua cloud)",
                 imagery=_CITY_IMAGERY,
@@ -304,7 +305,7 @@ def _entries() -> list[Weights]:
                 nmf_rank=_RANK_OFFICIAL[v],
                 crop_size=(512, 512),
                 miou=ade_jittor[v],
-                reported="single scale, ADE20K val (JSeg README)",
+                reported="single scale, ADE20K val; JSeg README",
                 licence=LICENCES["ADE20K"] + _CODE_LICENCE["jittor"],
                 publisher="the SegNeXt authors' Jittor port (JSeg)",
                 imagery=_ADE_IMAGERY,
@@ -357,7 +358,7 @@ def _entries() -> list[Weights]:
                     nmf_rank=None,
                     crop_size=(224, 224),
                     miou=None,
-                    reported=f"ImageNet-1k top-1 {top1[v]} % (SegNeXt paper Table 3); a backbone, no mIoU",
+                    reported=f"ImageNet-1k top-1 {top1[v]} %, SegNeXt paper Table 3 (a backbone: no mIoU)",
                     licence=LICENCES["ImageNet-1k"] + _CODE_LICENCE["jittor" if jittor else "mmseg"],
                     publisher="the SegNeXt authors' Jittor port (JSeg)" if jittor else "mmsegmentation 1.x (OpenMMLab)",
                     imagery=_MSCAN_IMAGERY,
@@ -369,7 +370,40 @@ def _entries() -> list[Weights]:
     return out
 
 
-_CATALOGUE: dict[str, Weights] = {w.name: w for w in _entries()}
+def _order(w: Weights) -> tuple[int, int]:
+    """The 16 main entries first (iSAID, ADE20K, Cityscapes, ImageNet), then the alternative files."""
+    groups = ("_isaid", "_ade20k", "_cityscapes", "mscan_", "_ade20k_official", "_ade20k_jittor", "_cityscapes_jittor")
+    rank = next((i for i, g in reversed(list(enumerate(groups))) if g in w.name), len(groups))
+    if w.name.startswith("mscan_") and w.name.endswith("_jittor"):
+        rank = len(groups)
+    return rank, "tsbl".index(w.variant[-1])
+
+
+_CATALOGUE: dict[str, Weights] = {w.name: w for w in sorted(_entries(), key=_order)}
+
+#: Per variant: backbone float elements, BatchNorm layers, head elements without ``conv_seg``,
+#: ``conv_seg`` input channels, last-stage width (checked against real models by the tests).
+_STATE_COUNTS: dict[str, tuple[int, int, int, int, int]] = {
+    "segnext_t": (3_911_040, 31, 321_280, 256, 256),
+    "segnext_s": (13_463_040, 25, 444_160, 256, 512),
+    "segnext_b": (26_303_744, 47, 1_281_536, 512, 512),
+    "segnext_l": (44_683_008, 81, 4_135_936, 1024, 512),
+}
+
+
+def estimated_size(weights: Weights) -> int:
+    """The file size in bytes: ``size_bytes`` when published, else float32 weights plus BatchNorm counters.
+
+    ImageNet backbones are assumed to include their 1000-class classifier. Pickle overhead
+    (well under 1 %) is not counted.
+    """
+    if weights.size_bytes:
+        return weights.size_bytes
+    backbone, bn, head, channels, last = _STATE_COUNTS[weights.variant]
+    counters = 0 if weights.format == "jittor" else 8 * bn  # Jittor files have no num_batches_tracked
+    if weights.backbone_only:
+        return 4 * (backbone + 1000 * last + 1000) + counters
+    return 4 * (backbone + head + (channels + 1) * (weights.num_classes or 0)) + counters
 
 
 def list_weights(dataset: str | None = None) -> list[Weights]:

@@ -182,7 +182,7 @@ def train(
     from .callbacks import TrainingCurve, ValidateAtEnd
     from .datamodule import SegDataModule
     from .module import SegNeXtModule
-    from .pretrained import init_from_pretrained
+    from .pretrained import init_from_pretrained, warn_if_from_scratch
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -192,6 +192,8 @@ def train(
     model = _build_model(cfg, bundle)
     if cfg.model.pretrained and resume_path is None:
         model.meta.extra["pretrained"] = init_from_pretrained(model, cfg.model.pretrained)
+    elif resume_path is None:
+        warn_if_from_scratch(cfg)
     module = SegNeXtModule(model, cfg)
 
     t = cfg.trainer
@@ -308,6 +310,8 @@ def train_from_config(
     if num_nodes is not None:
         sets.append(f"trainer.num_nodes={num_nodes}")
     cfg = load_config(config, sets)
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise UserError(f"model.pretrained={cfg.model.pretrained}: file not found")
+    if cfg.model.pretrained:
+        from .pretrained import fetch_pretrained
+
+        fetch_pretrained(cfg.model.pretrained)  # a file, or a name/URL downloaded now, before the run starts
     return train(cfg, resume=resume, overwrite=overwrite, progress=progress)
