@@ -26,9 +26,10 @@ def _mb(n: int) -> str:
 
 
 def _checks(w: Weights) -> str:
-    done = ["SHA-256 prefix"] if w.sha256_prefix else []
+    """What a download or import of ``w`` verifies, before there is a file."""
+    done = [f"SHA-256 prefix {w.sha256_prefix}"] if w.sha256_prefix else []
     if w.sha1_trailer:
-        done.append("Jittor SHA-1 trailer")
+        done.append("Jittor SHA-1 trailer (when the file has one)")
     return ", ".join([*done, "every key and shape"])
 
 
@@ -130,7 +131,7 @@ def download(
     Example: segnext-geo models download segnext_t_isaid mscan_t
     """
     from segnext_geo.errors import UserError
-    from segnext_geo.models.hub import fetch_weights, is_cached
+    from segnext_geo.models.hub import checks_done, fetch_weights, is_cached
     from segnext_geo.models.weights import find_weights, suggest_weights
 
     entries = []
@@ -148,7 +149,7 @@ def download(
             typer.echo(f"{w.name}: already cached at {cached_path(w)}")
             continue
         path = fetch_weights(w, progress=False if quiet else None)
-        typer.echo(f"{w.name}: downloaded {path} ({_mb(path.stat().st_size)}; verified: {_checks(w)})")
+        typer.echo(f"{w.name}: downloaded {path} ({_mb(path.stat().st_size)}; verified: {checks_done(w, path)})")
 
 
 @models_app.command("import")
@@ -165,8 +166,8 @@ def import_(
 
     Example: segnext-geo models import segnext_t_isaid /media/usb/segnext_tiny_896x896_isaid_160k.pkl
     """
-    from segnext_geo.models.hub import import_weights
+    from segnext_geo.models.hub import checks_done, import_weights
     from segnext_geo.models.weights import get_weights
 
     path = import_weights(name, file, overwrite=overwrite)
-    typer.echo(f"{name}: imported {file} as {path} (verified: {_checks(get_weights(name))})")
+    typer.echo(f"{name}: imported {file} as {path} (verified: {checks_done(get_weights(name), path)})")

@@ -258,3 +258,15 @@ def test_geotiff_as_predict_checkpoint_is_one_clear_line(tmp_path: Path) -> None
     )
     assert r.returncode == 2 and not out.exists()
     assert r.stderr.strip() == f"error: {tif}: is a TIFF image (a raster?), not a model checkpoint"
+
+
+def test_empty_checkpoint_and_info_of_a_jittor_file_on_the_command_line(biased: SegNeXt, tmp_path: Path) -> None:
+    empty = _write_bytes(tmp_path / "empty.pth", b"")
+    r = subprocess.run([sys.executable, "-m", "segnext_geo.cli", "info", str(empty)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {empty}: checkpoint file is empty (0 bytes)"
+    path = write_jittor(tmp_path / "jseg.pkl", jseg_checkpoint(jittor_arrays(biased)))
+    r = subprocess.run([sys.executable, "-m", "segnext_geo.cli", "info", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "family     : official (jittor file)" in r.stdout
+    assert "head       : biases on the squeeze, ham_out and align convs" in r.stdout
+    assert f"{sum(p.numel() for p in biased.parameters()):,}" in r.stdout

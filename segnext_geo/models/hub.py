@@ -39,6 +39,7 @@ __all__ = [
     "DownloadError",
     "cache_dir",
     "cached_path",
+    "checks_done",
     "default_checkpoint",
     "default_model",
     "download_url",
@@ -164,6 +165,19 @@ def verify_file(path: str | Path, weights: Weights | None = None, expect_hash: s
         load_model(ck, variant=weights.variant, num_classes=weights.num_classes or 1)
     else:
         load_model(ck, num_classes=1 if ck.family == "mscan-imagenet" else None)
+
+
+def checks_done(weights: Weights, path: str | Path) -> str:
+    """In words, what verifying ``path`` as ``weights`` checked (for messages)."""
+    from .jittor import JITTOR_MARKER
+
+    done = [f"SHA-256 prefix {weights.sha256_prefix}"] if weights.sha256_prefix else []
+    if weights.format == "jittor":
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - len(JITTOR_MARKER)))
+            trailer = f.read() == JITTOR_MARKER
+        done.append("Jittor SHA-1 trailer" if trailer else "no SHA-1 trailer in the file (none to check)")
+    return ", ".join([*done, "every key and shape"])
 
 
 # --- downloading -------------------------------------------------------------------------
