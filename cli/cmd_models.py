@@ -67,7 +67,7 @@ def list_models(
     for w in entries:
         path = cached_path(w)
         size = _mb(path.stat().st_size) if path.is_file() else "~" + _mb(estimated_size(w))
-        miou = f"{w.miou:.1f}" if w.miou is not None else "-"
+        miou = f"{w.miou:g}" if w.miou is not None else "-"
         classes = str(w.num_classes) if w.num_classes else "-"
         mark = "yes" if path.is_file() else "no"
         name = w.name + (" *" if w.name == default else "")

@@ -147,11 +147,13 @@ def verify_file(path: str | Path, weights: Weights | None = None, expect_hash: s
         digest = _sha256(p)
         if not digest.startswith(prefix.lower()):
             raise CheckpointError(f"{p}: SHA-256 {digest[:16]}... does not start with the published {prefix}")
-    if weights is not None and weights.format == "jittor":
+    if weights is not None:
         from .checkpoint import file_format
 
-        if file_format(p) != "jittor":
-            raise CheckpointError(f"{p}: a PyTorch file, but {weights.name} is published as a Jittor pickle")
+        fmt = file_format(p)
+        if fmt != weights.format:
+            what = {"jittor": "a Jittor pickle", "pytorch": "a PyTorch file"}
+            raise CheckpointError(f"{p}: {what[fmt]}, but {weights.name} is published as {what[weights.format]}")
     ck = inspect_file(p, weights)
     if weights is not None:
         if ck.family != weights.family:
@@ -219,13 +221,16 @@ def _stream(url: str, tmp: Path, desc: str, progress: bool | None, timeout: floa
     """Write the body at ``url`` into ``tmp``; returns its size. Raises on HTTP errors and short bodies."""
     from tqdm import tqdm
 
+    try:
+        f = open(tmp, "wb")  # closed by the with below, after the body and an fsync
+    except OSError as e:
+        raise _WriteError(e) from None
     req = urllib.request.Request(url, headers={"User-Agent": "segnext-geo"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with f, urllib.request.urlopen(req, timeout=timeout) as resp:
         length = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
         total = int(length) if length and length.isdigit() else None
         written = 0
         with (
-            open(tmp, "wb") as f,
             tqdm(
                 total=total,
                 unit="B",
@@ -246,6 +251,11 @@ def _stream(url: str, tmp: Path, desc: str, progress: bool | None, timeout: floa
                     raise _WriteError(e) from None
                 written += len(chunk)
                 bar.update(len(chunk))
+        try:
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the cached file
+        except OSError as e:
+            raise _WriteError(e) from None
     if total is not None and written != total:
         raise ConnectionError(f"connection dropped after {written:,} of {total:,} bytes")
     return written
@@ -256,9 +266,7 @@ def _file_lock(target: Path) -> Iterator[None]:
     """Hold the per-file lock of ``target``; waits (saying so) while another process holds it."""
     from filelock import FileLock, Timeout
 
-    locks = target.parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(locks / f"{target.name}.lock"))
+    lock = FileLock(str(target.parent / ".locks" / f"{target.name}.lock"))
     try:
         lock.acquire(timeout=1.0)
     except Timeout:
@@ -268,6 +276,22 @@ def _file_lock(target: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _make_cache_dir(target: Path, label: str) -> None:
+    """Create the cache folder and its lock folder, or say in one line why not."""
+    try:
+        (target.parent / ".locks").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(
+            f"{label}: cannot create the weights cache {target.parent} ({e.strerror or e}); "
+            f"set $SEGNEXT_GEO_HOME to a writable folder"
+        ) from None
+    if not os.access(target.parent, os.W_OK) or not os.access(target.parent / ".locks", os.W_OK):
+        raise DownloadError(
+            f"{label}: the weights cache {target.parent} is not writable; set $SEGNEXT_GEO_HOME to a writable "
+            f"folder or ask for {target.name} to be put there"
+        )
 
 
 def _remove_stale_parts(target: Path) -> None:
@@ -290,10 +314,7 @@ def _download(
     from ..outputs import sigterm_as_interrupt
     from .checkpoint import CheckpointError
 
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"{label}: cannot create the weights cache {target.parent} ({e.strerror})") from None
+    _make_cache_dir(target, label)
     timeout = _timeout()
     with _file_lock(target):
         if target.is_file():  # another process finished it while we waited
@@ -440,10 +461,7 @@ def import_weights(name: str, file: str | Path, overwrite: bool = False) -> Path
     if not src.is_file():
         raise UserError(f"{src}: no such file" if not src.exists() else f"{src}: is not a file")
     target = cached_path(w)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{name}: cannot create the weights cache {target.parent} ({e.strerror})") from None
+    _make_cache_dir(target, name)
     with _file_lock(target):
         same = target.is_file() and src.resolve() == target.resolve()
         if target.is_file() and not same and not overwrite:

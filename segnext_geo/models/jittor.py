@@ -75,7 +75,8 @@ def read_jittor(path: str | Path, data: bytes | None = None) -> Any:
     """
     p = Path(path)
     raw = p.read_bytes() if data is None else data
-    body, _ = split_trailer(raw, p)
+    body, had_trailer = split_trailer(raw, p)
+    what = "Jittor pickle" if had_trailer else "PyTorch checkpoint or Jittor pickle"
     try:
         return NumpyUnpickler(io.BytesIO(body)).load()
     except RefusedGlobal as e:
@@ -84,7 +85,7 @@ def read_jittor(path: str | Path, data: bytes | None = None) -> Any:
         ) from None
     except Exception as e:  # any other failure: the pickle is broken
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JittorError(f"{p}: not a readable Jittor pickle ({first[:160]})") from None
+        raise JittorError(f"{p}: not a readable {what} ({first[:160]})") from None
 
 
 def _as_tensor(value: Any) -> Tensor | None:
