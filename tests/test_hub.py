@@ -24,6 +24,7 @@ from weights_files import (
     jittor_bytes,
     malicious_jittor_bytes,
     random_model,
+    run_cli,
     write_jittor,
     write_mmseg,
 )
@@ -404,38 +405,40 @@ def test_two_processes_download_once(home: Path, server: WeightsServer, isaid_by
     assert _cache_files(home) == [FILE] and (home / "weights" / FILE).read_bytes() == isaid_bytes
 
 
-def test_models_command_line(home: Path, tmp_path: Path, isaid_bytes: bytes) -> None:
+def test_models_command_line(
+    home: Path, tmp_path: Path, isaid_bytes: bytes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from segnext_geo.models.weights import list_weights
 
     src = write_jittor(tmp_path / "t.pkl", {})  # an empty dict: refused
-    env = {**os.environ, "SEGNEXT_GEO_HOME": str(home)}
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "segnext_geo.cli", "models", *args], capture_output=True, text=True, env=env
-        )
+    def cli(*args: str) -> tuple[int, str, str]:
+        return run_cli(["models", *args], capfd, monkeypatch)
 
-    r = cli("import", NAME, str(src))
-    assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {src}: is not {NAME}"), r.stderr
+    code, _, err = cli("import", NAME, str(src))
+    assert code == 2 and err.strip().startswith(f"error: {src}: is not {NAME}"), err
     src.write_bytes(isaid_bytes)
-    r = cli("import", NAME, str(src))
-    assert r.returncode == 0, r.stderr
-    assert f"imported {src} as {home / 'weights' / FILE}" in r.stdout and "Jittor SHA-1 trailer" in r.stdout
-    r = cli("list")
-    assert r.returncode == 0, r.stderr
-    rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:] if line and not line.startswith("*")}
+    code, out, err = cli("import", NAME, str(src))
+    assert code == 0, err
+    assert f"imported {src} as {home / 'weights' / FILE}" in out and "Jittor SHA-1 trailer" in out
+    code, out, err = cli("list")
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line and not line.startswith("*")}
     assert set(rows) == {w.name for w in list_weights()}
     assert rows[NAME].split()[-1] == "yes" and rows["segnext_s_isaid"].split()[-1] == "no"
-    assert "68.3" in rows[NAME] and " 16 " in rows[NAME]
+    assert "68.3" in rows[NAME] and " 16 " in rows[NAME] and "44.16" in rows["segnext_s_ade20k"]
     assert f"{len(isaid_bytes) / 1e6:.0f} MB" in rows[NAME]  # the real size once cached
-    r = cli("download", NAME)
-    assert r.returncode == 0 and "already cached" in r.stdout
-    r = cli("download", "segnext_s_isaid", "-q")  # the session's mirror is a closed port
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "segnext-geo models import" in r.stderr
-    r = cli("info", NAME)
-    assert "licence" in r.stdout and "research" in r.stdout and "Ground_Track_Field" in r.stdout
-    r = cli("list", "--json")
-    entries = {e["name"]: e for e in json.loads(r.stdout)}
+    code, out, _ = cli("download", NAME)
+    assert code == 0 and "already cached" in out
+    monkeypatch.setenv("SEGNEXT_GEO_WEIGHTS_MIRROR", "http://127.0.0.1:9")
+    code, _, err = cli("download", "segnext_s_isaid", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "segnext-geo models import" in err
+    code, _, err = cli("download", "segnext_q_isaid")
+    assert code == 2 and "did you mean" in err
+    code, out, _ = cli("info", NAME)
+    assert "licence" in out and "research" in out and "Ground_Track_Field" in out
+    code, out, _ = cli("list", "--json")
+    entries = {e["name"]: e for e in json.loads(out)}
     assert entries[NAME]["cached"] is True and entries[NAME]["sha1_trailer"] is True
     assert entries["segnext_t_ade20k"]["sha256_prefix"] == "05bd8466"
 

@@ -163,3 +163,17 @@ def malicious_jittor_bytes(marker: Path, arrays: dict[str, np.ndarray] | None = 
     obj: dict[str, Any] = dict(arrays or {})
     obj["backbone.patch_embed1.proj.0.weight"] = Gadget(f"touch {marker}")
     return jittor_bytes(obj)
+
+
+def run_cli(argv: list[str], capfd: Any, monkeypatch: Any) -> tuple[int, str, str]:
+    """Run ``segnext-geo ARGV`` in this process through the real entry point; ``(exit code, stdout, stderr)``."""
+    from segnext_geo.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["segnext-geo", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err

@@ -186,14 +186,14 @@ def train(
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    if resume_path is None:
+        warn_if_from_scratch(cfg)  # before the data is read: the warning comes first
     bundle = build_data(cfg.data, roles=("train", "val"))
     if resume_path is not None:
         _check_resume(resume_path, bundle.num_classes)
     model = _build_model(cfg, bundle)
     if cfg.model.pretrained and resume_path is None:
         model.meta.extra["pretrained"] = init_from_pretrained(model, cfg.model.pretrained)
-    elif resume_path is None:
-        warn_if_from_scratch(cfg)
     module = SegNeXtModule(model, cfg)
 
     t = cfg.trainer
