@@ -20,7 +20,6 @@ import torch
 from rasterio.transform import from_origin
 from weights_files import jittor_arrays, random_model, run_cli, write_jittor, write_mscan_pth
 
-from segnext_geo.errors import UserError
 from segnext_geo.models import SegNeXt, build_model, save_checkpoint
 from segnext_geo.models.meta import ISAID_CLASSES, ISAID_PALETTE
 
@@ -240,15 +239,24 @@ def test_training_by_name_and_the_from_scratch_warning(
             if not k.endswith("num_batches_tracked"):
                 assert torch.equal(model.backbone.state_dict()[k], v), k
 
-    # the from-scratch warning comes first, before the data is read (here: a dataset that is not there)
-    caplog.set_level("WARNING", logger="segnext_geo")
-    paper = load_config(ROOT / "configs" / "segnext_t_isaid.yaml", [f"data.root={tmp_path / 'no_isaid'}"])
-    paper.trainer.out_dir = str(tmp_path / "paper")
-    with pytest.raises(UserError):
-        train(paper)
-    assert any("from random weights" in r.getMessage() for r in caplog.records)
-    caplog.clear()
+    # a run without pretrained weights warns right before training starts (stopped there by a callback)
+    import lightning.pytorch as pl
+
+    class Stop(pl.Callback):
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            raise _Stopped
+
     sets = _training_rasters(tmp_path / "rasters")
+    caplog.set_level("WARNING", logger="segnext_geo")
+    with pytest.raises(_Stopped):
+        train(load_config(None, [*sets, f"trainer.out_dir={tmp_path / 'scratch'}"]), callbacks=[Stop()])
+    assert any("on geotiff from random weights" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "scratch" / "last.ckpt").exists()
+    caplog.clear()
     result = train_from_config(None, [*sets, f"trainer.out_dir={tmp_path / 'run'}"], pretrained="mscan_t_jittor")
     assert not any("from random weights" in r.getMessage() for r in caplog.records)
     assert load_model(result.last).meta.extra["pretrained"] == "backbone from ImageNet mscan_t_jittor"
+
+
+class _Stopped(Exception):
+    """Raised by a test callback to end a run at its start."""

@@ -186,8 +186,6 @@ def train(
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    if resume_path is None:
-        warn_if_from_scratch(cfg)  # before the data is read: the warning comes first
     bundle = build_data(cfg.data, roles=("train", "val"))
     if resume_path is not None:
         _check_resume(resume_path, bundle.num_classes)
@@ -265,6 +263,8 @@ def train(
             f"{accum} accumulation step(s)"
         )
     datamodule = SegDataModule(cfg, bundle, cfg.data.batch_size // share)
+    if resume_path is None and trainer.is_global_zero:
+        warn_if_from_scratch(cfg)  # once every check passed, right before training starts
     try:
         with warnings.catch_warnings():
             for pattern in _EXPECTED_WARNINGS:
