@@ -54,3 +54,19 @@ def test_dangerous_globals_are_never_resolved(name: str) -> None:
     import importlib
 
     assert resolved is not getattr(importlib.import_module(module), attr)
+
+
+def test_metadata_checkpoints_load_with_the_explicit_fallback_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list used if PyTorch moves its private allow-list still reads tensors, and still no gadgets."""
+    from segnext_geo.models.safe_pickle import MetadataUnpickler, _explicit_torch_globals
+
+    monkeypatch.setattr(MetadataUnpickler, "_allowed", _explicit_torch_globals())
+    marker = tmp_path / "pwned"
+    model = build_model("tiny", 3)
+    path = tmp_path / "meta.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"hook": _gadget(marker)}}, path)
+    loaded = load_model(path)
+    assert not marker.exists()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

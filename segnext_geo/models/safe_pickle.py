@@ -91,10 +91,30 @@ _SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "tuple", 
 
 
 def _torch_allowed_globals() -> dict[str, Any]:
-    """PyTorch's own ``weights_only`` allow-list (tensor rebuild functions, storages, dtypes, Size ...)."""
-    from torch import _weights_only_unpickler
+    """PyTorch's own ``weights_only`` allow-list (tensor rebuild functions, storages, dtypes, Size ...).
 
-    return dict(_weights_only_unpickler._get_allowed_globals())
+    That list is private API; should it move, :func:`_explicit_torch_globals` stands in.
+    """
+    try:
+        from torch import _weights_only_unpickler
+
+        return dict(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError):  # depends on the torch version
+        return _explicit_torch_globals()
+
+
+def _explicit_torch_globals() -> dict[str, Any]:
+    """The tensor essentials of PyTorch's allow-list: rebuild functions, Parameter, Size, device, dtypes."""
+    import torch
+
+    allowed: dict[str, Any] = {
+        f"torch._utils.{f}": getattr(torch._utils, f)
+        for f in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state")
+    }
+    allowed.update({"torch.Size": torch.Size, "torch.device": torch.device, "torch.Tensor": torch.Tensor})
+    allowed["torch.nn.parameter.Parameter"] = torch.nn.Parameter
+    allowed.update({str(t): t for t in vars(torch).values() if isinstance(t, torch.dtype)})
+    return allowed
 
 
 class MetadataUnpickler(pickle.Unpickler):
