@@ -44,7 +44,11 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/segnext_t_isaid.yaml.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
     pretrained: Annotated[
-        Path | None, typer.Option(help="ImageNet MSCAN weights (mscan_t.pth) or a segmentation checkpoint.")
+        str | None,
+        typer.Option(
+            help="ImageNet MSCAN weights by name (mscan_t; downloaded once) or file, or a segmentation "
+            "checkpoint (file, pretrained name or URL)."
+        ),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue a run exactly from its checkpoint (e.g. runs/x/last.ckpt).")
@@ -62,7 +66,7 @@ def train(
     Several devices train with DDP; --resume restores optimiser, schedule, step, data
     position and RNG state.
 
-    Example: segnext-geo train --config configs/segnext_t_isaid.yaml --pretrained mscan_t.pth --devices 4
+    Example: segnext-geo train --config configs/segnext_t_isaid.yaml --pretrained mscan_t --devices 4
 
     Example: segnext-geo train -c configs/cpu_smoke.yaml --set schedule.iters=50 --set trainer.out_dir=runs/smoke
     """
@@ -89,7 +93,10 @@ def train(
 @app.command()
 def evaluate(
     config: Annotated[Path, typer.Option("--config", "-c", help="The YAML config naming the dataset.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A checkpoint written by train (best.ckpt).")],
+    checkpoint: Annotated[
+        str,
+        typer.Option("--checkpoint", help="A checkpoint written by train (best.ckpt), a pretrained name or a URL."),
+    ],
     mode: Annotated[str | None, typer.Option(help="whole or slide (default: eval.mode of the config).")] = None,
     split: Annotated[str | None, typer.Option(help="Split to score (default: data.val_split).")] = None,
     out: Annotated[

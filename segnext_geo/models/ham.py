@@ -131,12 +131,15 @@ class NMF2D(nn.Module):
 class ConvModule(nn.Module):
     """1x1 conv, optional GroupNorm(32) and optional ReLU, with mmcv key names.
 
-    The conv has a bias only when there is no norm (mmcv ``bias="auto"``).
+    By default the conv has a bias only when there is no norm (mmcv ``bias="auto"``);
+    ``bias=True`` forces one (JSeg code of Sept 2022 built its GroupNorm'd head convs so).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool, act: bool, groups: int = 32) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: bool, act: bool, groups: int = 32, bias: bool | None = None
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=not norm)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=(not norm) if bias is None else bias)
         self.gn = nn.GroupNorm(groups, out_channels) if norm else None
         self.act = nn.ReLU() if act else None
 
@@ -152,11 +155,11 @@ class ConvModule(nn.Module):
 class Hamburger(nn.Module):
     """``ReLU(x + ham_out(NMF(ReLU(ham_in(x)))))``, shape-preserving ``(B, C, H, W)``."""
 
-    def __init__(self, channels: int, nmf: NMF2D) -> None:
+    def __init__(self, channels: int, nmf: NMF2D, conv_bias: bool = False) -> None:
         super().__init__()
         self.ham_in = ConvModule(channels, channels, norm=False, act=False)
         self.ham = nmf
-        self.ham_out = ConvModule(channels, channels, norm=True, act=False)
+        self.ham_out = ConvModule(channels, channels, norm=True, act=False, bias=conv_bias or None)
 
     def forward(self, x: Tensor) -> Tensor:
         enjoy = F.relu(self.ham_in(x))
@@ -172,6 +175,10 @@ class LightHamHead(nn.Module):
     ``channels`` and classifies.
 
     ``forward``: list of 4 encoder maps -> logits ``(N, num_classes, H/8, W/8)``.
+
+    ``conv_bias=True`` gives exactly the three GroupNorm'd convs (``squeeze``, ``hamburger.ham_out``,
+    ``align``) a bias, as JSeg's head of Sept 2022 had (a bias before GroupNorm(32) changes the
+    output and cannot be folded away).
     """
 
     def __init__(
@@ -183,13 +190,16 @@ class LightHamHead(nn.Module):
         nmf: NMF2D | None = None,
         in_index: Sequence[int] = (1, 2, 3),
         dropout_ratio: float = 0.1,
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         self.in_index = tuple(in_index)
         self.num_classes = num_classes
-        self.squeeze = ConvModule(sum(in_channels), ham_channels, norm=True, act=True)
-        self.hamburger = Hamburger(ham_channels, nmf if nmf is not None else NMF2D())
-        self.align = ConvModule(ham_channels, channels, norm=True, act=True)
+        self.conv_bias = bool(conv_bias)
+        bias = True if conv_bias else None
+        self.squeeze = ConvModule(sum(in_channels), ham_channels, norm=True, act=True, bias=bias)
+        self.hamburger = Hamburger(ham_channels, nmf if nmf is not None else NMF2D(), conv_bias=self.conv_bias)
+        self.align = ConvModule(ham_channels, channels, norm=True, act=True, bias=bias)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self.init_weights()

@@ -150,7 +150,8 @@ def evaluate(
         sets.append(f"data.val_split={split}")
     cfg = load_config(config, sets)
     ckpt = Path(checkpoint)
-    json_path = Path(out) if out is not None else ckpt.parent / f"eval_{cfg.data.val_split}_{cfg.eval.mode}.json"
+    folder = ckpt.parent if ckpt.is_file() else Path(".")  # a pretrained name or URL: the current folder
+    json_path = Path(out) if out is not None else folder / f"eval_{cfg.data.val_split}_{cfg.eval.mode}.json"
     png_path = json_path.with_suffix(".png")
     for p in (json_path, png_path):
         if p.exists() and not overwrite:

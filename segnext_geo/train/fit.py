@@ -182,7 +182,7 @@ def train(
     from .callbacks import TrainingCurve, ValidateAtEnd
     from .datamodule import SegDataModule
     from .module import SegNeXtModule
-    from .pretrained import init_from_pretrained
+    from .pretrained import init_from_pretrained, warn_if_from_scratch
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -263,6 +263,8 @@ def train(
             f"{accum} accumulation step(s)"
         )
     datamodule = SegDataModule(cfg, bundle, cfg.data.batch_size // share)
+    if resume_path is None and trainer.is_global_zero:
+        warn_if_from_scratch(cfg)  # once every check passed, right before training starts
     try:
         with warnings.catch_warnings():
             for pattern in _EXPECTED_WARNINGS:
@@ -308,6 +310,8 @@ def train_from_config(
     if num_nodes is not None:
         sets.append(f"trainer.num_nodes={num_nodes}")
     cfg = load_config(config, sets)
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise UserError(f"model.pretrained={cfg.model.pretrained}: file not found")
+    if cfg.model.pretrained:
+        from .pretrained import fetch_pretrained
+
+        fetch_pretrained(cfg.model.pretrained)  # a file, or a name/URL downloaded now, before the run starts
     return train(cfg, resume=resume, overwrite=overwrite, progress=progress)
