@@ -161,6 +161,56 @@ def test_metrics_match_the_definitions() -> None:
     assert m["mAcc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
 
 
+# ---------------------------------------------------------------------------- NMF bases
+
+
+def _trained_model(*sets: str):
+    """The model exactly as ``train`` builds it from a config (synthetic data, 3 classes)."""
+    from segnext_geo.data.build import build_data
+    from segnext_geo.train.fit import _build_model
+
+    cfg = load_config(None, ["data.dataset=synthetic", "data.options={num_classes: 3, size: 32}", *sets])
+    return cfg, _build_model(cfg, build_data(cfg.data, roles=("val",)))
+
+
+def test_training_draws_new_nmf_bases_every_forward_and_eval_is_deterministic() -> None:
+    cfg, model = _trained_model()
+    assert cfg.model.nmf_init == "reference"  # the paper's rand_init is the default
+    nmf = model.nmf
+    x = torch.rand(2, 256, 6, 5, generator=torch.Generator().manual_seed(0))  # a post-ReLU (non-negative) map
+    dev = torch.device("cpu")
+
+    model.train()
+    b1, b2 = nmf.initial_bases(2, 256, dev), nmf.initial_bases(2, 256, dev)
+    assert b1.shape == (2, 256, 16) and not torch.equal(b1, b2)  # new bases every forward ...
+    assert not torch.equal(b1[0], b1[1])  # ... and per image, as torch.rand(B*S, D, R)
+    assert torch.allclose(b1.norm(dim=1), torch.ones(2, 16))  # unit L2 norm along D
+    y1, y2 = nmf(x), nmf(x)
+    assert not torch.allclose(y1, y2, atol=1e-3)
+    torch.manual_seed(7)
+    y3 = nmf(x)
+    torch.manual_seed(7)
+    assert torch.equal(nmf(x), y3)  # drawn from the global RNG: seeding (and a restored RNG state) repeats them
+    torch.manual_seed(7)
+    expected = torch.nn.functional.normalize(torch.rand(2, 256, 16), dim=1)
+    torch.manual_seed(7)
+    assert torch.equal(nmf.initial_bases(2, 256, dev), expected)  # exactly the reference's draw
+
+    model.eval()
+    e1 = nmf(x)
+    torch.manual_seed(123)
+    assert torch.equal(nmf(x), e1)  # eval: one fixed set of bases, whatever the RNG
+    assert torch.equal(nmf.initial_bases(2, 256, dev)[0], nmf.initial_bases(2, 256, dev)[1])
+    plain = build_model("tiny", 3).nmf.eval()  # what load_model/predict/evaluate use
+    assert torch.equal(plain(x), e1)
+
+    cfg, fixed = _trained_model("model.nmf_init=deterministic")
+    fixed.train()
+    assert torch.equal(fixed.nmf(x), fixed.nmf(x))
+    with pytest.raises(UserError, match=r"model\.nmf_init must be one of reference, deterministic"):
+        load_config(None, ["model.nmf_init=random"])
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -197,7 +247,8 @@ def test_training_reduces_the_loss_and_checkpoints_load(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     """Stopping after 3 (mid-epoch) or 4 (end of epoch) of 6 steps and resuming gives the same weights as one
-    uninterrupted run: optimiser, schedule, step, data position and RNG (dropout, drop path) all continue."""
+    uninterrupted run: optimiser, schedule, step, data position and RNG (dropout, drop path and the random NMF
+    bases drawn on every training forward) all continue."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from segnext_geo.train.fit import train
@@ -209,6 +260,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         )
         for n in (3, 4)
     ]
+    assert _synthetic_cfg(tmp_path / "a", *sets).model.nmf_init == "reference"
     full = train(_synthetic_cfg(tmp_path / "a", *sets), callbacks=snaps)
     a = torch.load(full.last, weights_only=True)
     for name, snap in (("b", tmp_path / "every3" / "s3.ckpt"), ("c", tmp_path / "every4" / "s4.ckpt")):

@@ -36,10 +36,17 @@ __all__ = [
 
 @dataclass
 class ModelSection:
-    """The network. ``drop_path_rate``/``nmf_rank`` ``None`` keep the variant's defaults."""
+    """The network. ``drop_path_rate``/``nmf_rank`` ``None`` keep the variant's defaults.
+
+    ``nmf_init`` is the NMF bases in training: ``reference`` (new random bases on every
+    training forward, as the paper's ``rand_init``; drawn from the global torch RNG, which
+    checkpoints carry, so ``--resume`` stays exact) or ``deterministic`` (one fixed set).
+    Validation, ``evaluate`` and ``predict`` always use the deterministic bases.
+    """
 
     variant: str = "segnext_t"
     drop_path_rate: float | None = None
+    nmf_init: str = "reference"
     nmf_grad: str = "full"
     nmf_rank: int | None = None
     pretrained: str | None = None
@@ -138,6 +145,7 @@ _PAIRS = {
     "eval.stride",
 }
 _CHOICES = {
+    "model.nmf_init": ("reference", "deterministic"),
     "model.nmf_grad": ("full", "one_step"),
     "schedule.style": ("official", "mmseg1"),
     "eval.mode": ("whole", "slide"),

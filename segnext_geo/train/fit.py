@@ -125,6 +125,7 @@ def _build_model(cfg: Config, bundle: Any) -> Any:
     from ..models import build_model
 
     options: dict[str, Any] = {
+        "nmf_train_init": cfg.model.nmf_init,  # eval keeps the deterministic bases
         "nmf_grad": cfg.model.nmf_grad,
         "in_channels": bundle.in_channels,
         "class_names": bundle.class_names,
