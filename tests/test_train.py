@@ -277,6 +277,46 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         train(_synthetic_cfg(tmp_path / "d", *sets, "data.options={num_classes: 5, size: 64}"), resume=snap)
 
 
+def test_last_checkpoint_every_n_steps_and_at_validation(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from segnext_geo.train.fit import _cudnn_benchmark, train
+
+    assert load_config(None).checkpoint_every() == 2000  # long runs (val every 8000): every 2000 steps
+    assert load_config(None, ["trainer.val_interval=1000"]).checkpoint_every() is None  # validation is often enough
+    assert load_config(None, ["trainer.checkpoint_interval=null"]).checkpoint_every() is None
+    assert load_config(ROOT / "configs" / "cpu_smoke.yaml").checkpoint_every() is None
+    with pytest.raises(UserError, match=r"trainer\.checkpoint_interval: must be >= 1, got 0"):
+        load_config(None, ["trainer.checkpoint_interval=0"])
+    assert _cudnn_benchmark(deterministic=False, gpu=True) is True
+    assert _cudnn_benchmark(deterministic=True, gpu=True) is None and _cudnn_benchmark(False, gpu=False) is None
+
+    class SeeLast(pl.Callback):
+        """The step stored in last.ckpt as each training step begins."""
+
+        def __init__(self) -> None:
+            self.seen: list[int | None] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            last = tmp_path / "run" / "last.ckpt"
+            self.seen.append(torch.load(last, weights_only=True)["global_step"] if last.exists() else None)
+
+    see = SeeLast()
+    cfg = _synthetic_cfg(
+        tmp_path / "run",
+        "data.options={num_train: 8, num_val: 2, size: 32, num_classes: 3}",
+        "data.batch_size=2",
+        "data.img_scale=32",
+        "data.crop_size=32",
+        "schedule.iters=5",
+        "trainer.val_interval=5",
+        "trainer.checkpoint_interval=2",
+    )
+    result = train(cfg, callbacks=[see])
+    assert see.seen == [None, None, 2, 2, 4]
+    assert torch.load(result.last, weights_only=True)["global_step"] == 5  # and after the final validation
+
+
 @pytest.mark.slow
 def test_bf16_mixed_precision_and_accumulation(tmp_path: Path) -> None:
     from segnext_geo.train.fit import train

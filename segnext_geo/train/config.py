@@ -23,6 +23,7 @@ from ..data.section import DataSection
 from ..errors import UserError
 
 __all__ = [
+    "AUTO_CHECKPOINT_INTERVAL",
     "Config",
     "DataSection",
     "EvalSection",
@@ -80,18 +81,25 @@ class ScheduleSection:
     style: str = "official"
 
 
+#: ``trainer.checkpoint_interval: auto`` on runs whose validation is rarer than this many steps.
+AUTO_CHECKPOINT_INTERVAL = 2000
+
+
 @dataclass
 class TrainerSection:
     """Lightning settings. Intervals are in optimiser steps; validation also runs after the last step.
 
-    ``last.ckpt`` is written after every validation, or every ``checkpoint_interval``
-    steps when that is set; ``best.ckpt`` holds the highest val mIoU.
+    ``last.ckpt`` is written after every validation and, with ``checkpoint_interval``
+    N, also every N steps (``auto``: every 2000 steps when validation is rarer than
+    that, so a crash loses at most ~2000 steps; ``null``: at validation only).
+    ``best.ckpt`` holds the highest val mIoU. On CUDA, cuDNN's autotuner
+    (``cudnn.benchmark``) is on unless ``deterministic``.
     """
 
     out_dir: str = "runs/segnext"
     val_interval: int = 8000
     log_interval: int = 50
-    checkpoint_interval: int | None = None
+    checkpoint_interval: int | str | None = "auto"
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
@@ -130,6 +138,14 @@ class Config:
         d = asdict(self)
         d.pop("source")
         return d
+
+    def checkpoint_every(self) -> int | None:
+        """Steps between periodic ``last.ckpt`` writes (``trainer.checkpoint_interval`` resolved), or ``None``."""
+        ci = self.trainer.checkpoint_interval
+        if ci == "auto":
+            long_run = min(self.trainer.val_interval, self.schedule.iters) > AUTO_CHECKPOINT_INTERVAL
+            return AUTO_CHECKPOINT_INTERVAL if long_run else None
+        return ci if isinstance(ci, int) else None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -333,7 +349,6 @@ def _validate(cfg: Config) -> None:
         "schedule.iters": cfg.schedule.iters,
         "trainer.val_interval": cfg.trainer.val_interval,
         "trainer.log_interval": cfg.trainer.log_interval,
-        "trainer.checkpoint_interval": cfg.trainer.checkpoint_interval or 1,
         "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
         "trainer.num_nodes": cfg.trainer.num_nodes,
         "data.samples_per_epoch": cfg.data.samples_per_epoch,
@@ -366,6 +381,11 @@ def _validate(cfg: Config) -> None:
         raise _Invalid("data.std", "values must be > 0")
     if isinstance(cfg.trainer.devices, str) and cfg.trainer.devices != "auto":
         raise _Invalid("trainer.devices", f"must be a number or 'auto', got {cfg.trainer.devices!r}")
+    ci = cfg.trainer.checkpoint_interval
+    if isinstance(ci, str) and ci != "auto":
+        raise _Invalid("trainer.checkpoint_interval", f"must be a number of steps, auto or null, got {ci!r}")
+    if isinstance(ci, int) and ci < 1:
+        raise _Invalid("trainer.checkpoint_interval", f"must be >= 1, got {ci}")
     for key in ("sync_bn", "tensorboard"):
         v = getattr(cfg.trainer, key)
         if isinstance(v, str) and v != "auto":

@@ -121,6 +121,11 @@ def _unwrap_worker_error(e: BaseException) -> UserError | None:
     return e if isinstance(e, UserError) else None
 
 
+def _cudnn_benchmark(deterministic: bool, gpu: bool) -> bool | None:
+    """``cudnn.benchmark`` for the Trainer: on for CUDA training (as mmseg), else left alone."""
+    return True if gpu and not deterministic else None
+
+
 def _build_model(cfg: Config, bundle: Any) -> Any:
     from ..models import build_model
 
@@ -209,7 +214,7 @@ def train(
         loggers.append(TensorBoardLogger(str(out_dir), name="tb"))
     accum = t.accumulate_grad_batches
     curve = TrainingCurve(out_dir, cfg, t.log_interval)
-    # best: highest val mIoU; last: after every validation (or every trainer.checkpoint_interval steps)
+    # best: highest val mIoU; last: after every validation and every trainer.checkpoint_interval steps
     best_cb = ModelCheckpoint(
         dirpath=str(out_dir),
         filename="best",
@@ -219,14 +224,18 @@ def train(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    last_cb = ModelCheckpoint(
-        dirpath=str(out_dir),
-        filename="last",
-        save_top_k=1,
-        every_n_train_steps=t.checkpoint_interval,
-        enable_version_counter=False,
-    )
-    cbs: list[Any] = [best_cb, last_cb, curve, ValidateAtEnd(), *(callbacks or [])]
+    every = cfg.checkpoint_every()
+    last_cbs = [
+        ModelCheckpoint(
+            dirpath=str(out_dir),
+            filename="last",
+            save_top_k=1,
+            every_n_train_steps=n,  # None: after every validation
+            enable_version_counter=False,
+        )
+        for n in ([None, every] if every else [None])
+    ]
+    cbs: list[Any] = [best_cb, *last_cbs, curve, ValidateAtEnd(), *(callbacks or [])]
     show_progress = t.progress_bar if progress is None else progress
     if show_progress:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, min(t.log_interval, 20))))
@@ -246,6 +255,7 @@ def train(
             # applied by Lightning only when distributed; "auto" = on with GPUs (torch has no CPU SyncBatchNorm)
             sync_batchnorm=sync_bn if sync_bn is not None else gpu,
             deterministic=t.deterministic,
+            benchmark=_cudnn_benchmark(t.deterministic, gpu),
             use_distributed_sampler=False,
             num_sanity_val_steps=1,
             logger=loggers,
