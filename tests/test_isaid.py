@@ -238,6 +238,46 @@ def test_isaid_dataset_reads_patches_and_names_bad_files(
         ISAID(broken, "train")
 
 
+def test_isaid_dataset_refuses_one_bit_and_impossible_labels(
+    tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    """mmseg's own converter writes 1-bit PNGs under Pillow >= 9: ids {0, 5, 255} read back as {0, 1}."""
+    out, _ = prepared
+    image, _ = ISAID(out, "val").load(0)
+    bad = tmp_path / "bad"
+    for d in ("img_dir/val", "ann_dir/val"):
+        (bad / d).mkdir(parents=True)
+    Image.fromarray(image).save(bad / "img_dir" / "val" / "P9_0_64_0_64.png")
+    ann = bad / "ann_dir" / "val" / "P9_0_64_0_64_instance_color_RGB.png"
+    ids = np.zeros((64, 64), dtype=np.uint8)
+    ids[:20], ids[40:] = 5, 255
+    Image.fromarray(ids > 0).save(ann)  # what a 1-bit mask keeps of them
+    assert Image.open(ann).mode == "1"
+    one_bit = rf"^{ann}: 1-bit label PNG \(mode '1'\).*class ids are lost.*segnext-geo prepare-isaid"
+    with pytest.raises(UserError, match=one_bit):
+        ISAID(bad, "val")  # refused before any training starts
+
+    r = _cli("train", "--config", str(_tiny_cfg(tmp_path, bad)), "--set", f"trainer.out_dir={tmp_path / 'run'}", "-q")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "1-bit label PNG" in r.stderr and str(ann) in r.stderr
+
+    ids[0, 0] = 37  # not an iSAID class id (0..15) nor the ignore index
+    Image.fromarray(ids).save(ann)
+    ds = ISAID(bad, "val")
+    impossible = rf"^{ann}: label value 37 is not an iSAID class id .*segnext-geo prepare-isaid"
+    with pytest.raises(UserError, match=impossible):
+        ds.load(0)
+    ids[0, 0] = 15
+    Image.fromarray(ids).save(ann)
+    assert set(np.unique(ISAID(bad, "val").load(0)[1])) == {0, 5, 15, 255}  # 8-bit ids are read as they are
+
+
+def _tiny_cfg(tmp_path: Path, root: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"data: {{dataset: isaid, root: {root}, train_split: val, num_workers: 0, test_scale: null}}\n")
+    return cfg
+
+
 @pytest.mark.slow
 def test_prepare_train_load_evaluate(tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     """The acceptance path: prepared patches -> a few CPU iterations -> load_model -> evaluate JSON."""

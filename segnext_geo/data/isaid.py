@@ -440,6 +440,7 @@ class ISAID:
                 if p.stat().st_size == 0:
                     raise UserError(f"{p}: empty file")
             self.files.append((img, ann))
+        _check_label_mode(self.files[0][1])  # one converter wrote them all: refuse a bad set before training
 
     def __len__(self) -> int:
         return len(self.files)
@@ -450,11 +451,12 @@ class ISAID:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         img_path, ann_path = self.files[index]
         image = _read(img_path, "RGB")
-        with Image.open(ann_path) as ann:
-            if ann.mode in ("RGB", "RGBA"):  # a colour mask rather than ids
+        if _check_label_mode(ann_path) in ("RGB", "RGBA"):  # a colour mask rather than ids
+            with Image.open(ann_path) as ann:
                 label = rgb_to_ids(np.asarray(ann.convert("RGB")), ISAID_PALETTE).ids
-            else:
-                label = _read(ann_path, None)
+        else:
+            label = _read(ann_path, None)
+            _check_label_values(label, ann_path)
         if label.shape != image.shape[:2]:
             raise UserError(f"{ann_path}: label is {label.shape[::-1]} px but image {img_path} is {image.shape[1::-1]}")
         return image, label
@@ -465,6 +467,41 @@ class ISAID:
 
         image, label = self.load(index)
         return {"image": torch.from_numpy(image).permute(2, 0, 1), "mask": torch.from_numpy(label.astype(np.int64))}
+
+
+_REDO = "make the patches with: segnext-geo prepare-isaid RAW OUT"
+#: Annotation PNG modes that hold class ids (8 or 16 bit) or iSAID colours.
+_LABEL_MODES = ("L", "P", "I", "I;16", "RGB", "RGBA")
+
+
+def _check_label_mode(path: Path) -> str:
+    """The PNG mode of an annotation (header only), or a one-line error for modes that cannot hold class ids."""
+    try:
+        with Image.open(path) as img:
+            mode = str(img.mode)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+    if mode == "1":
+        raise UserError(
+            f"{path}: 1-bit label PNG (mode '1'): iSAID's class ids are lost (ids 0, 5, 255 read as 0, 1; mmseg's "
+            f"converter writes such files with Pillow >= 9); {_REDO}"
+        )
+    if mode not in _LABEL_MODES:
+        raise UserError(f"{path}: label PNG of mode {mode!r} cannot hold class ids (need 8-bit ids); {_REDO}")
+    return mode
+
+
+def _check_label_values(label: np.ndarray, path: Path) -> None:
+    """Class ids must be 0..15 or 255 (ignore)."""
+    if label.ndim != 2:
+        raise UserError(f"{path}: label has {label.shape[2]} channels, expected one band of class ids; {_REDO}")
+    if label.size and int(label.max()) >= len(ISAID_CLASSES):
+        bad = (label >= len(ISAID_CLASSES)) & (label != IGNORE_INDEX)
+        if bad.any():
+            raise UserError(
+                f"{path}: label value {int(label[bad].flat[0])} is not an iSAID class id (0..{len(ISAID_CLASSES) - 1}) "
+                f"or {IGNORE_INDEX} (ignore); {_REDO}"
+            )
 
 
 def _read(path: Path, mode: str | None) -> np.ndarray:
