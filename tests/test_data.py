@@ -99,6 +99,15 @@ def test_eval_pipeline_resizes_the_image_not_the_label() -> None:
     image, label = _blocks(64, 96, 2)
     img, lab = EvalPipeline(MEAN, STD, (48, 48))(image, label)
     assert tuple(img.shape) == (3, 32, 48) and tuple(lab.shape) == (64, 96)
+    # JSeg's test pipeline: keep-ratio resize to 896, then up to a multiple of 32
+    jseg = EvalPipeline(MEAN, STD, (896, 896), size_divisor=32)
+    square = np.zeros((800, 800, 3), dtype=np.uint8)
+    assert tuple(jseg(square, square[..., 0])[0].shape) == (3, 896, 896)  # a JSeg 800 patch
+    whole = np.zeros((600, 1000, 3), dtype=np.uint8)  # an image JSeg copied whole: 0.896 x -> 538 x 896 -> 544 x 896
+    img, lab = jseg(whole, whole[..., 0])
+    assert tuple(img.shape) == (3, 544, 896) and tuple(lab.shape) == (600, 1000)
+    flat = np.full((600, 1000, 3), 77, dtype=np.uint8)
+    assert torch.allclose(jseg(flat, flat[..., 0])[0][0], torch.tensor((77 - MEAN[0]) / STD[0]))  # values kept
 
 
 # ---------------------------------------------------------------------------- sampling and dataset

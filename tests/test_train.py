@@ -60,6 +60,18 @@ def test_paper_configs_load_with_the_recipe() -> None:
         variants[c.model.variant] = c.model.drop_path_rate
         assert c.optim == t.optim and c.schedule == t.schedule and c.data == t.data  # inherited via _base_
     assert variants == {"segnext_t": 0.1, "segnext_s": 0.1, "segnext_b": 0.2, "segnext_l": 0.3}
+    assert t.model.nmf_init == "reference" and t.model.nmf_grad == "full" and t.data.test_size_divisor is None
+    for name in ("t", "s", "b", "l"):  # the authors' JSeg protocol: same recipe, JSeg's test resize and NMF gradient
+        j = load_config(ROOT / "configs" / f"segnext_{name}_isaid_jseg.yaml")
+        mm = load_config(ROOT / "configs" / f"segnext_{name}_isaid.yaml")
+        assert (j.model.variant, j.model.drop_path_rate, j.model.nmf_rank) == (
+            mm.model.variant,
+            mm.model.drop_path_rate,
+            mm.model.nmf_rank,
+        )
+        assert j.model.nmf_grad == "one_step" and j.model.nmf_init == "reference"
+        assert (j.data.test_scale, j.data.test_size_divisor, j.eval.mode) == ([896, 896], 32, "whole")
+        assert j.optim == mm.optim and j.schedule == mm.schedule and j.data.crop_size == mm.data.crop_size
     for extra in ("loveda_segnext_t", "potsdam_segnext_t", "geotiff_example", "cpu_smoke"):
         load_config(ROOT / "configs" / f"{extra}.yaml")
 

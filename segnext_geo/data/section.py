@@ -22,7 +22,9 @@ class DataSection:
     (``LoveDA``, ``Potsdam2D`` …, read from ``root``; ``options`` go to its constructor).
     ``batch_size`` is the total per optimiser step, split over devices, nodes and
     gradient-accumulation steps. Sizes are pixels; ``crop_size`` is ``[h, w]`` and
-    ``img_scale`` is the ``[long, short]`` side bound of the keep-ratio resize.
+    ``img_scale`` is the ``[long, short]`` side bound of the keep-ratio resize;
+    ``test_scale`` that of the test-time resize, after which ``test_size_divisor``
+    (JSeg's ``ResizeToMultiple``) resizes again up to the next multiple of it.
     """
 
     dataset: str = "isaid"
@@ -46,6 +48,7 @@ class DataSection:
     flip_prob: float = 0.5
     photometric: bool = True
     test_scale: list[int] | None = field(default_factory=lambda: [896, 896])
+    test_size_divisor: int | None = None
     train_images: str | list[str] | None = None
     train_labels: str | list[str] | None = None
     val_images: str | list[str] | None = None

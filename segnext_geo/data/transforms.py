@@ -205,14 +205,23 @@ class TrainPipeline:
 
 @dataclass
 class EvalPipeline:
-    """Test-time pipeline: keep-ratio resize to ``img_scale`` (``None``: none), then normalise; labels untouched."""
+    """Test-time pipeline: keep-ratio resize to ``img_scale`` (``None``: none), then normalise; labels untouched.
+
+    ``size_divisor`` then resizes the image again so that both sides are the next
+    multiple of it (JSeg's and mmseg's ``ResizeToMultiple``: ``mmcv.imresize_to_multiple``
+    with ``scale_factor=1``, sides rounded up; a no-op on sides that already are).
+    """
 
     mean: Sequence[float]
     std: Sequence[float]
     img_scale: tuple[int, int] | None = None
+    size_divisor: int | None = None
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[Tensor, Tensor]:
         """-> ``(C, h, w)`` float32 image, ``(H, W)`` int64 label at the original size."""
         if self.img_scale is not None:
             image, _ = resize(image, None, rescale_size(image.shape[0], image.shape[1], self.img_scale))
+        if self.size_divisor:
+            d = self.size_divisor
+            image, _ = resize(image, None, (-(-image.shape[0] // d) * d, -(-image.shape[1] // d) * d))
         return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))

@@ -356,6 +356,8 @@ def _validate(cfg: Config) -> None:
     for key, v in positive.items():
         if v < 1:
             raise _Invalid(key, f"must be >= 1, got {v}")
+    if cfg.data.test_size_divisor is not None and cfg.data.test_size_divisor < 1:
+        raise _Invalid("data.test_size_divisor", f"must be >= 1 or null, got {cfg.data.test_size_divisor}")
     if cfg.data.num_workers < 0:
         raise _Invalid("data.num_workers", f"must be >= 0, got {cfg.data.num_workers}")
     if cfg.optim.lr <= 0:

@@ -149,6 +149,7 @@ def _build_model(cfg: Config, bundle: Any) -> Any:
             "dataset": bundle.dataset,
             "ignore_index": cfg.data.ignore_index,
             "test_scale": cfg.data.test_scale,
+            "test_size_divisor": cfg.data.test_size_divisor,
             "eval": {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride},
         }
     )
