@@ -10,6 +10,14 @@ backward + AdamW on one fixed batch, a second model). One baseline step runs rig
 trainer step, so both see the same machine load (the CPU may be shared); the ratio of their median
 step times is the cost of everything around the network (data pipeline, Lightning, logging). The
 baseline's time is not counted in the time to the target. Peak RSS is that of this process.
+
+The loader part (``--loader-only`` runs just it) times what one DataLoader worker does per training
+sample of the iSAID recipe at 896^2: read an image/annotation PNG pair from disk (an mmseg-layout
+folder of 896^2 synthetic patches written first), resize by 0.5-2.0, RandomCrop 896 with
+cat_max_ratio 0.75, flip, PhotoMetricDistortion, normalise and pad, through the real
+``SegDataset`` and ``ISAID`` source, one torch thread (as in a worker). Beside it, the model's
+training images/s at 896^2 (a bare SegNeXt-T step, batch ``--model-batch``, on ``--device``): the
+ratio of the two is the number of workers that keep that device fed.
 """
 
 from __future__ import annotations
@@ -53,6 +61,108 @@ def bare_step(size: int, batch: int) -> Callable[[], float]:
     return step
 
 
+def loader_speed(size: int, samples: int, tmp: Path) -> tuple[list[float], dict[str, float]]:
+    """Seconds per training sample of the iSAID pipeline at ``size``^2 (one thread), and per-stage means."""
+    import numpy as np
+    from PIL import Image
+
+    from segnext_geo.data import transforms as T
+    from segnext_geo.data.dataset import SegDataset
+    from segnext_geo.data.isaid import ISAID, ISAID_PALETTE, MASK_SUFFIX
+    from segnext_geo.data.palette import save_palette_png
+    from segnext_geo.data.synthetic import SyntheticShapes
+    from segnext_geo.models.meta import IMAGENET_MEAN, IMAGENET_STD
+
+    shapes = SyntheticShapes("train", 8, size=size, num_classes=8)
+    for split in ("img_dir/train", "ann_dir/train"):
+        (tmp / "isaid" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(len(shapes)):
+        image, label = shapes.load(i)
+        Image.fromarray(image).save(tmp / "isaid" / "img_dir" / "train" / f"P{i:04d}_0_{size}_0_{size}.png")
+        ann = tmp / "isaid" / "ann_dir" / "train" / f"P{i:04d}_0_{size}_0_{size}{MASK_SUFFIX}.png"
+        save_palette_png(label, ISAID_PALETTE, ann)
+    source = ISAID(tmp / "isaid", "train")
+    pipe = T.TrainPipeline(IMAGENET_MEAN, IMAGENET_STD, (size, size), (0.5, 2.0), (size, size), 0.75, 0.5, True)
+    ds = SegDataset(source, pipe, 16)
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    times = []
+    for k in range(samples):
+        t0 = time.perf_counter()
+        ds[(k % len(source), 0, k)]
+        times.append(time.perf_counter() - t0)
+    # the stages on their own (the same draws as the pipeline, so the same work)
+    stages: dict[str, list[float]] = {"read": [], "resize+crop+flip": [], "photometric": [], "normalize+pad": []}
+    for k in range(samples):
+        t0 = time.perf_counter()
+        image, label = source.load(k % len(source))
+        t1 = time.perf_counter()
+        rng = np.random.default_rng([0, 0, k])
+        ratio = rng.random() * 1.5 + 0.5
+        scale = (int(size * ratio), int(size * ratio))
+        image, lab = T.resize(image, label, T.rescale_size(size, size, scale))
+        assert lab is not None
+        image, lab = T.random_crop(image, lab, (size, size), rng, 0.75)
+        if rng.random() < 0.5:
+            image, lab = image[:, ::-1], lab[:, ::-1]
+        t2 = time.perf_counter()
+        image = T.photometric_distortion(image, rng)
+        t3 = time.perf_counter()
+        T.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+        t4 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[name].append(dt)
+    torch.set_num_threads(2)
+    return times, {k: statistics.mean(v) for k, v in stages.items()}
+
+
+def model_speed(size: int, batch: int, device: str, steps: int = 2) -> float:
+    """Training images/s of a bare SegNeXt-T step (forward, loss, backward, AdamW) on ``size``^2 images."""
+    import torch.nn.functional as F
+
+    from segnext_geo.models import build_model
+    from segnext_geo.train.config import OptimSection, ScheduleSection
+    from segnext_geo.train.recipe import build_optimizer
+
+    dev = torch.device(device)
+    model = build_model("tiny", 16, nmf_train_init="reference").to(dev).train()
+    opt, _ = build_optimizer(model, OptimSection(), ScheduleSection())
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 16, (batch, size, size), device=dev)
+    times = []
+    for _ in range(steps + 1):  # the first is a warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times[1:])
+
+
+def report_loader(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        times, stages = loader_speed(args.loader_size, args.loader_samples, Path(tmp))
+    model_ips = model_speed(args.loader_size, args.model_batch, args.device)
+    loader_ips = len(times) / sum(times)  # throughput: the mean, not the median (a few samples are slow)
+    print(
+        f"loader         : {loader_ips:.2f} images/s per worker at {args.loader_size}^2 (mean "
+        f"{1000 * statistics.mean(times):.0f} ms, median {1000 * statistics.median(times):.0f} ms, max "
+        f"{1000 * max(times):.0f} ms per sample over {len(times)}; iSAID recipe from PNG files)"
+    )
+    print("  stage means  : " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in stages.items()))
+    print(
+        f"model          : {model_ips:.2f} training images/s at {args.loader_size}^2 on {args.device} "
+        f"(SegNeXt-T, batch {args.model_batch}{', bf16' if args.device.startswith('cuda') else ', fp32'})"
+    )
+    print(f"workers needed : {model_ips / loader_ips:.2f} per {args.device} device to keep the model fed")
+    sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", type=float, default=0.8, help="val mIoU to reach")
@@ -61,8 +171,20 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96, help="image side in px")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--loader-only", action="store_true", help="only the loader vs model images/s part")
+    ap.add_argument("--no-loader", action="store_true", help="skip the loader part")
+    ap.add_argument("--loader-size", type=int, default=896)
+    ap.add_argument("--loader-samples", type=int, default=48)
+    ap.add_argument("--model-batch", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.no_loader:
+        report_loader(args)
+    if args.loader_only:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS       : {rss:.0f} MiB")
+        return
 
     import lightning.pytorch as pl
 
