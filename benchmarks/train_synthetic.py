@@ -23,14 +23,17 @@ ratio of the two is the number of workers that keep that device fed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,8 +64,35 @@ def bare_step(size: int, batch: int) -> Callable[[], float]:
     return step
 
 
-def loader_speed(size: int, samples: int, tmp: Path) -> tuple[list[float], dict[str, float]]:
-    """Seconds per training sample of the iSAID pipeline at ``size``^2 (one thread), and per-stage means."""
+#: The loader as it was when issue 13 was filed (matplotlib colour conversion, whole-image float resize).
+BASELINE_REV = "e0bb949"
+
+
+def baseline_transforms(rev: str, tmp: Path) -> Any | None:
+    """``segnext_geo/data/transforms.py`` as of git revision ``rev``, imported beside today's (None without git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        text = subprocess.run(
+            ["git", "-C", str(root), "show", f"{rev}:segnext_geo/data/transforms.py"],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = tmp / f"transforms_{rev}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"segnext_geo.data._transforms_{rev}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # its relative imports resolve inside segnext_geo.data
+    return module
+
+
+def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str) -> dict[str, Any]:
+    """Seconds per training sample of the iSAID pipeline at ``size``^2 (one thread): today's, the baseline's
+    (alternating sample by sample, so both see the same machine load) and today's stages."""
     import numpy as np
     from PIL import Image
 
@@ -82,15 +112,23 @@ def loader_speed(size: int, samples: int, tmp: Path) -> tuple[list[float], dict[
         ann = tmp / "isaid" / "ann_dir" / "train" / f"P{i:04d}_0_{size}_0_{size}{MASK_SUFFIX}.png"
         save_palette_png(label, ISAID_PALETTE, ann)
     source = ISAID(tmp / "isaid", "train")
-    pipe = T.TrainPipeline(IMAGENET_MEAN, IMAGENET_STD, (size, size), (0.5, 2.0), (size, size), 0.75, 0.5, True)
-    ds = SegDataset(source, pipe, 16)
+    recipe = (IMAGENET_MEAN, IMAGENET_STD, (size, size), (0.5, 2.0), (size, size), 0.75, 0.5, True)
+    ds = SegDataset(source, T.TrainPipeline(*recipe), 16)
+    old = baseline_transforms(baseline_rev, tmp)
+    old_pipe = old.TrainPipeline(*recipe) if old is not None else None
     torch.set_num_threads(1)  # as in a DataLoader worker
-    times = []
+    times: dict[str, list[float]] = {"today": [], "baseline": []}
     for k in range(samples):
+        key = k % len(source)
         t0 = time.perf_counter()
-        ds[(k % len(source), 0, k)]
-        times.append(time.perf_counter() - t0)
-    # the stages on their own (the same draws as the pipeline, so the same work)
+        ds[(key, 0, k)]  # read, check, augment, normalise: what a worker does per sample
+        times["today"].append(time.perf_counter() - t0)
+        if old_pipe is not None:
+            t0 = time.perf_counter()
+            image, label = ds._load(key)
+            old_pipe(image, label, np.random.default_rng([0, 0, k]))
+            times["baseline"].append(time.perf_counter() - t0)
+    # today's stages on their own (the pipeline's draws, so the same work)
     stages: dict[str, list[float]] = {"read": [], "resize+crop+flip": [], "photometric": [], "normalize+pad": []}
     for k in range(samples):
         t0 = time.perf_counter()
@@ -98,21 +136,21 @@ def loader_speed(size: int, samples: int, tmp: Path) -> tuple[list[float], dict[
         t1 = time.perf_counter()
         rng = np.random.default_rng([0, 0, k])
         ratio = rng.random() * 1.5 + 0.5
-        scale = (int(size * ratio), int(size * ratio))
-        image, lab = T.resize(image, label, T.rescale_size(size, size, scale))
-        assert lab is not None
-        image, lab = T.random_crop(image, lab, (size, size), rng, 0.75)
+        shape = T.rescale_size(size, size, (int(size * ratio), int(size * ratio)))
+        label = T.resize_label(label, shape)
+        box = T.crop_box(label, (size, size), rng, 0.75)
+        chw = T._resized_crop_chw(image, shape, box)
         if rng.random() < 0.5:
-            image, lab = image[:, ::-1], lab[:, ::-1]
+            chw = chw[:, :, ::-1]
         t2 = time.perf_counter()
-        image = T.photometric_distortion(image, rng)
+        chw = T._photometric_chw(chw, rng)
         t3 = time.perf_counter()
-        T.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+        T._normalize_chw(chw, IMAGENET_MEAN, IMAGENET_STD)
         t4 = time.perf_counter()
         for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[name].append(dt)
     torch.set_num_threads(2)
-    return times, {k: statistics.mean(v) for k, v in stages.items()}
+    return {"times": times, "stages": {k: statistics.mean(v) for k, v in stages.items()}}
 
 
 def model_speed(size: int, batch: int, device: str, steps: int = 2) -> float:
@@ -146,20 +184,31 @@ def model_speed(size: int, batch: int, device: str, steps: int = 2) -> float:
 
 def report_loader(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        times, stages = loader_speed(args.loader_size, args.loader_samples, Path(tmp))
+        res = loader_speed(args.loader_size, args.loader_samples, Path(tmp), args.baseline_rev)
     model_ips = model_speed(args.loader_size, args.model_batch, args.device)
-    loader_ips = len(times) / sum(times)  # throughput: the mean, not the median (a few samples are slow)
-    print(
-        f"loader         : {loader_ips:.2f} images/s per worker at {args.loader_size}^2 (mean "
-        f"{1000 * statistics.mean(times):.0f} ms, median {1000 * statistics.median(times):.0f} ms, max "
-        f"{1000 * max(times):.0f} ms per sample over {len(times)}; iSAID recipe from PNG files)"
-    )
-    print("  stage means  : " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in stages.items()))
+
+    def rate(ts: list[float]) -> float:
+        return len(ts) / sum(ts)  # throughput: the mean, not the median (a few samples are slow)
+
+    def line(ts: list[float]) -> str:
+        return (
+            f"{rate(ts):.2f} images/s per worker (mean {1000 * statistics.mean(ts):.0f} ms, median "
+            f"{1000 * statistics.median(ts):.0f} ms, max {1000 * max(ts):.0f} ms per sample)"
+        )
+
+    today, base = res["times"]["today"], res["times"]["baseline"]
+    print(f"loader         : iSAID recipe at {args.loader_size}^2 from PNG files, {len(today)} samples, 1 thread")
+    print(f"  today        : {line(today)}")
+    if base:
+        print(f"  baseline     : {line(base)} (git {args.baseline_rev}, alternating sample by sample)")
+        print(f"  speed-up     : {rate(today) / rate(base):.2f}x per sample")
+    print("  today's stages: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in res["stages"].items()))
+    precision = "bf16" if args.device.startswith("cuda") else "fp32"
     print(
         f"model          : {model_ips:.2f} training images/s at {args.loader_size}^2 on {args.device} "
-        f"(SegNeXt-T, batch {args.model_batch}{', bf16' if args.device.startswith('cuda') else ', fp32'})"
+        f"(SegNeXt-T, batch {args.model_batch}, {precision})"
     )
-    print(f"workers needed : {model_ips / loader_ips:.2f} per {args.device} device to keep the model fed")
+    print(f"workers needed : {model_ips / rate(today):.2f} per {args.device} device to keep the model fed")
     sys.stdout.flush()
 
 
@@ -175,6 +224,7 @@ def main() -> None:
     ap.add_argument("--no-loader", action="store_true", help="skip the loader part")
     ap.add_argument("--loader-size", type=int, default=896)
     ap.add_argument("--loader-samples", type=int, default=48)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the loader to compare with")
     ap.add_argument("--model-batch", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()

@@ -21,6 +21,7 @@ from segnext_geo.data.transforms import (
     photometric_distortion,
     random_crop,
     rescale_size,
+    resize,
 )
 from segnext_geo.errors import UserError
 from segnext_geo.models import load_model
@@ -37,6 +38,38 @@ def test_rescale_size_is_mmcv_keep_ratio() -> None:
     assert rescale_size(1024, 1024, (2048, 512)) == (512, 512)  # the LoVEDA setting
     assert rescale_size(896, 896, (448, 448)) == (448, 448)
     assert rescale_size(300, 500, (800, 600)) == (480, 800)
+
+
+def _bilinear_reference(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Half-pixel-centre bilinear interpolation (cv2 INTER_LINEAR, torch align_corners=False), float64."""
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+    y0, y1, wy = axis(image.shape[0], size[0])
+    x0, x1, wx = axis(image.shape[1], size[1])
+    a = image.astype(np.float64)
+    rows = a[y0] * (1 - wy)[:, None, None] + a[y1] * wy[:, None, None]
+    return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+
+
+def test_resize_is_bilinear_for_images_and_nearest_for_labels() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    label = rng.integers(0, 16, (37, 53)).astype(np.uint8)
+    for size in ((70, 101), (60, 41), (18, 26)):  # up, mixed, down (no antialiasing, as cv2 and mmcv)
+        out, lab = resize(image, label, size)
+        assert out.dtype == np.uint8 and out.shape == (*size, 3) and out.flags.c_contiguous
+        error = out.astype(np.float64) - _bilinear_reference(image, size)
+        assert np.abs(error).max() <= 1.0 and abs(error.mean()) < 0.05  # within a grey level, unbiased
+        rows = np.floor(np.arange(size[0]) * 37 / size[0]).astype(int)
+        cols = np.floor(np.arange(size[1]) * 53 / size[1]).astype(int)
+        assert lab is not None and np.array_equal(lab, label[rows][:, cols])  # cv2 INTER_NEAREST
+    floats = image.astype(np.float32)
+    out, _ = resize(floats, None, (70, 101))
+    assert out.dtype == np.float32 and np.abs(out - _bilinear_reference(image, (70, 101))).max() < 1e-3
 
 
 def _blocks(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +113,112 @@ def test_random_crop_avoids_single_class_crops() -> None:
         return n
 
     assert mixed(0.75) > 2 * mixed(1.0)
+
+
+# An independent reference for PhotoMetricDistortion: mmseg's transform (mmseg 0.x
+# ``datasets/pipelines/transforms.py``, identical in JSeg) with OpenCV's 8-bit colour conversions
+# (``mmcv.bgr2hsv``/``hsv2bgr`` = ``cv2.cvtColor``) written out pixel by pixel from OpenCV's
+# ``color_hsv.simd.hpp``: fixed-point RGB2HSV_b, float HSV2RGB as its SIMD path runs it
+# (``1 - s*f`` rounded once, as the FMA the compiler makes; the result truncated by ``v_trunc``).
+_F32 = np.float32
+_SECTORS_BGR = [[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]]
+
+
+def _cv_rgb2hsv(r: int, g: int, b: int) -> tuple[int, int, int]:
+    v, vmin = max(r, g, b), min(r, g, b)
+    diff = v - vmin
+    sdiv = round((255 << 12) / v) if v else 0
+    hdiv = round((180 << 12) / (6 * diff)) if diff else 0
+    s = (diff * sdiv + (1 << 11)) >> 12
+    if v == r:
+        h = g - b
+    elif v == g:
+        h = b - r + 2 * diff
+    else:
+        h = r - g + 4 * diff
+    h = (h * hdiv + (1 << 11)) >> 12
+    return (h + 180 if h < 0 else h), s, v
+
+
+def _cv_hsv2rgb(h: int, s: int, v: int, rounding: bool = False) -> tuple[int, int, int]:
+    hh = _F32(h) * (_F32(6.0) / _F32(180))
+    sf, vf = _F32(s) * (_F32(1.0) / _F32(255.0)), _F32(v) * (_F32(1.0) / _F32(255.0))
+    sector = int(hh)
+    f = hh - _F32(sector)
+    tab = [
+        vf,
+        vf * (_F32(1.0) - sf),
+        vf * _F32(1.0 - float(sf) * float(f)),
+        vf * _F32(1.0 - float(sf) * float(_F32(1.0) - f)),
+    ]
+    b, g, r = (tab[i] * _F32(255.0) for i in _SECTORS_BGR[sector % 6])
+    if rounding:  # OpenCV's scalar path (the last pixels of a row that fill no SIMD block)
+        return round(float(r)), round(float(g)), round(float(b))
+    return int(r), int(g), int(b)
+
+
+def _mmseg_photometric(img: np.ndarray, rng: np.random.Generator, rounding: bool = False) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion, pixel by pixel, drawing from ``rng`` in mmseg's order."""
+
+    def convert(a: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(a.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def to_hsv(a: np.ndarray) -> np.ndarray:
+        return np.array([[_cv_rgb2hsv(*map(int, px)) for px in row] for row in a], dtype=np.uint8)
+
+    def to_rgb(a: np.ndarray) -> np.ndarray:
+        return np.array([[_cv_hsv2rgb(*map(int, px), rounding) for px in row] for row in a], dtype=np.uint8)
+
+    if rng.integers(2):
+        img = convert(img, beta=rng.uniform(-32, 32))
+    mode = rng.integers(2)
+    if mode == 1 and rng.integers(2):
+        img = convert(img, alpha=rng.uniform(0.5, 1.5))
+    if rng.integers(2):
+        hsv = to_hsv(img)
+        hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=rng.uniform(0.5, 1.5))
+        img = to_rgb(hsv)
+    if rng.integers(2):
+        hsv = to_hsv(img)
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + rng.integers(-18, 18)) % 180
+        img = to_rgb(hsv)
+    if mode == 0 and rng.integers(2):
+        img = convert(img, alpha=rng.uniform(0.5, 1.5))
+    return img
+
+
+def test_hsv_conversions_are_opencvs() -> None:
+    from segnext_geo.data.colour import hsv_to_rgb, rgb_to_hsv
+
+    # values printed by cv2.cvtColor (opencv-python-headless 4.8.1 and 5.0.0, rows of 64 pixels)
+    rgb = np.array([[(255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128), (200, 120, 40), (10, 200, 100)]])
+    assert rgb_to_hsv(rgb.astype(np.uint8)).tolist() == [
+        [[0, 255, 255], [60, 255, 255], [120, 255, 255], [0, 0, 128], [15, 204, 200], [74, 242, 200]]
+    ]
+    hsv = np.array([[(15, 200, 180), (179, 255, 255), (95, 77, 200), (30, 128, 128), (1, 90, 85), (0, 0, 77)]])
+    assert hsv_to_rgb(hsv.astype(np.uint8)).tolist() == [
+        [[180, 109, 38], [255, 0, 8], [139, 189, 200], [128, 128, 63], [85, 56, 55], [77, 77, 77]]
+    ]
+    # against the reference written out above: random colours, every grey, every pure hue
+    rng = np.random.default_rng(0)
+    colours = np.concatenate(
+        [rng.integers(0, 256, (3000, 3)), np.repeat(np.arange(256)[:, None], 3, 1), [[255, 0, 0], [255, 255, 0]]]
+    ).astype(np.uint8)[None]
+    assert rgb_to_hsv(colours)[0].tolist() == [list(_cv_rgb2hsv(*map(int, c))) for c in colours[0]]
+    triples = np.stack([rng.integers(0, 180, 3000), rng.integers(0, 256, 3000), rng.integers(0, 256, 3000)], -1)
+    triples = triples.astype(np.uint8)[None]
+    assert hsv_to_rgb(triples)[0].tolist() == [list(_cv_hsv2rgb(*map(int, t))) for t in triples[0]]
+    # OpenCV rounds instead of truncating in the few pixels at a row's end that fill no SIMD block: one grey level
+    rounded = np.array([_cv_hsv2rgb(*map(int, t), rounding=True) for t in triples[0]])
+    off = np.abs(hsv_to_rgb(triples)[0].astype(int) - rounded)
+    assert off.max() == 1
+
+
+def test_photometric_distortion_matches_mmseg() -> None:
+    image = np.random.default_rng(7).integers(0, 256, (12, 16, 3)).astype(np.uint8)
+    for seed in range(24):
+        ours = photometric_distortion(image, np.random.default_rng(seed))
+        assert np.array_equal(ours, _mmseg_photometric(image, np.random.default_rng(seed))), seed
 
 
 def test_photometric_distortion_is_seeded_and_bounded() -> None:
