@@ -90,7 +90,7 @@ def baseline_transforms(rev: str, tmp: Path) -> Any | None:
     return module
 
 
-def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str) -> dict[str, Any]:
+def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str | None) -> dict[str, Any]:
     """Seconds per training sample of the iSAID pipeline at ``size``^2 (one thread): today's, the baseline's
     (alternating sample by sample, so both see the same machine load) and today's stages."""
     import numpy as np
@@ -114,8 +114,9 @@ def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str) -> dict[
     source = ISAID(tmp / "isaid", "train")
     recipe = (IMAGENET_MEAN, IMAGENET_STD, (size, size), (0.5, 2.0), (size, size), 0.75, 0.5, True)
     ds = SegDataset(source, T.TrainPipeline(*recipe), 16)
-    old = baseline_transforms(baseline_rev, tmp)
+    old = baseline_transforms(baseline_rev, tmp) if baseline_rev else None
     old_pipe = old.TrainPipeline(*recipe) if old is not None else None
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     times: dict[str, list[float]] = {"today": [], "baseline": []}
     for k in range(samples):
@@ -149,7 +150,7 @@ def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str) -> dict[
         t4 = time.perf_counter()
         for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[name].append(dt)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return {"times": times, "stages": {k: statistics.mean(v) for k, v in stages.items()}}
 
 
