@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ def _module():
 
 def test_gpu_training_checks_skip_without_cuda() -> None:
     checks = _module()
-    t0 = time.perf_counter()
     rows = checks.train_checks("cpu")
     assert [name for name, _ in rows] == list(checks._CHECKS) and len(rows) == 4
     assert all(result == "skipped: device cpu is not a CUDA device" for _, result in rows)
@@ -33,4 +31,4 @@ def test_gpu_training_checks_skip_without_cuda() -> None:
         pytest.skip("CUDA is present: benchmarks/gpu_check.py runs these checks")
     rows = checks.train_checks("cuda")
     assert all(result == "skipped: CUDA is not available" for _, result in rows)
-    assert time.perf_counter() - t0 < 5  # nothing was started
+    assert not torch.cuda.is_initialized()  # nothing was started
