@@ -313,6 +313,8 @@ def test_last_checkpoint_every_n_steps_and_at_validation(tmp_path: Path) -> None
             last = tmp_path / "run" / "last.ckpt"
             self.seen.append(torch.load(last, weights_only=True)["global_step"] if last.exists() else None)
 
+    from segnext_geo.data.build import build_data
+
     see = SeeLast()
     cfg = _synthetic_cfg(
         tmp_path / "run",
@@ -324,7 +326,10 @@ def test_last_checkpoint_every_n_steps_and_at_validation(tmp_path: Path) -> None
         "trainer.val_interval=5",
         "trainer.checkpoint_interval=2",
     )
-    result = train(cfg, callbacks=[see])
+    bundle = build_data(cfg.data)  # sources built in code: train(data=...) uses them instead of cfg.data's
+    with pytest.raises(UserError, match="data: no val source given"):
+        train(cfg, data=type(bundle)(**{**bundle.__dict__, "sources": {"train": bundle.sources["train"]}}))
+    result = train(cfg, callbacks=[see], data=bundle)
     assert see.seen == [None, None, 2, 2, 4]
     assert torch.load(result.last, weights_only=True)["global_step"] == 5  # and after the final validation
 

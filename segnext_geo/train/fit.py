@@ -19,10 +19,13 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .config import Config
+
+if TYPE_CHECKING:
+    from ..data.build import DataBundle
 
 __all__ = ["RUN_FILES", "TrainResult", "train", "train_from_config"]
 
@@ -162,11 +165,16 @@ def train(
     overwrite: bool = False,
     callbacks: list[Any] | None = None,
     progress: bool | None = None,
+    data: DataBundle | None = None,
 ) -> TrainResult:
     """Train SegNeXt as ``cfg`` says; ``resume`` continues a run exactly from a ``.ckpt``.
 
     ``callbacks`` are extra Lightning callbacks. ``progress`` overrides
-    ``trainer.progress_bar``.
+    ``trainer.progress_bar``. ``data`` replaces what ``cfg.data`` would open
+    (:func:`~segnext_geo.data.build.build_data`) with sources built in code, e.g. a
+    spatial hold-out of the same scenes (its ``train`` and ``val`` sources, classes,
+    palette, bands and normalisation); ``cfg.data`` still gives the loader sizes and
+    the augmentation.
 
     Raises:
         UserError: bad dataset, existing run folder (without ``resume``/``overwrite``),
@@ -193,7 +201,10 @@ def train(
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    bundle = build_data(cfg.data, roles=("train", "val"))
+    bundle = data if data is not None else build_data(cfg.data, roles=("train", "val"))
+    missing = [role for role in ("train", "val") if role not in bundle.sources]
+    if missing:
+        raise UserError(f"data: no {' or '.join(missing)} source given")
     if resume_path is not None:
         _check_resume(resume_path, bundle.num_classes)
     model = _build_model(cfg, bundle)
