@@ -18,6 +18,7 @@ from segnext_geo.data.synthetic import SyntheticShapes
 from segnext_geo.data.transforms import (
     EvalPipeline,
     TrainPipeline,
+    normalize,
     photometric_distortion,
     random_crop,
     rescale_size,
@@ -68,6 +69,9 @@ def test_resize_is_bilinear_for_images_and_nearest_for_labels() -> None:
         cols = np.floor(np.arange(size[1]) * 53 / size[1]).astype(int)
         assert lab is not None and np.array_equal(lab, label[rows][:, cols])  # cv2 INTER_NEAREST
     floats = image.astype(np.float32)
+    before = floats.copy()
+    normalize(floats, MEAN, STD)
+    assert np.array_equal(floats, before)  # float input is never normalised in place
     out, _ = resize(floats, None, (70, 101))
     assert out.dtype == np.float32 and np.abs(out - _bilinear_reference(image, (70, 101))).max() < 1e-3
 

@@ -124,6 +124,6 @@ def _check_label_values(label: np.ndarray, path: Path) -> None:
 def _read(path: Path, mode: str | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return np.array(img.convert(mode) if mode else img)
+            return np.array(img.convert(mode) if mode and img.mode != mode else img)  # no extra copy for RGB
     except Exception as e:
         raise UserError(f"{path}: not a readable image ({e})") from None

@@ -228,10 +228,10 @@ def _normalize_chw(image: np.ndarray, mean: Sequence[float], std: Sequence[float
     if image.shape[0] != len(mean) or len(mean) != len(std):
         raise ValueError(f"image has {image.shape[0]} bands but mean/std have {len(mean)}/{len(std)} values")
     # contiguous (C, H, W): a channels-last stride pattern here makes CPU convolutions ~10x slower
-    t = torch.from_numpy(np.ascontiguousarray(image)).float()
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32, copy=True)  # ours: normalised in place
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (t - m) / s
+    return t.sub_(m).div_(s)
 
 
 @dataclass
