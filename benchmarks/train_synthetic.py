@@ -140,9 +140,7 @@ def loader_speed(size: int, samples: int, tmp: Path, baseline_rev: str | None) -
         shape = T.rescale_size(size, size, (int(size * ratio), int(size * ratio)))
         label = T.resize_label(label, shape)
         box = T.crop_box(label, (size, size), rng, 0.75)
-        chw = T._resized_crop_chw(image, shape, box)
-        if rng.random() < 0.5:
-            chw = chw[:, :, ::-1]
+        chw = T._resized_crop_chw(image, shape, box, flip=rng.random() < 0.5)
         t2 = time.perf_counter()
         chw = T._photometric_chw(chw, rng)
         t3 = time.perf_counter()

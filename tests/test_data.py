@@ -102,6 +102,28 @@ def test_train_pipeline_keeps_image_and_label_aligned() -> None:
     assert padded_seen  # ratio 0.5 makes the image smaller than the crop
 
 
+def test_train_pipeline_is_mmsegs_steps_in_order() -> None:
+    """The fast path (crop chosen on the label, only the crop transposed and flipped) gives exactly the
+    tensors of mmseg's steps one after the other: resize, RandomCrop, flip, photometric, normalise, pad."""
+    rng0 = np.random.default_rng(11)
+    image = rng0.integers(0, 256, (90, 120, 3)).astype(np.uint8)
+    label = np.kron(rng0.integers(0, 3, (9, 12)), np.ones((10, 10), dtype=np.int64)).astype(np.uint8)
+    pipe = TrainPipeline(MEAN, STD, img_scale=(120, 90), ratio_range=(0.5, 2.0), crop_size=(64, 64))
+    for seed in range(10):
+        img, lab = pipe(image, label, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        ratio = rng.random() * 1.5 + 0.5
+        im, lb = resize(image, label, rescale_size(90, 120, (int(120 * ratio), int(90 * ratio))))
+        assert lb is not None
+        im, lb = random_crop(im, lb, (64, 64), rng, cat_max_ratio=0.75)
+        if rng.random() < 0.5:
+            im, lb = im[:, ::-1], lb[:, ::-1]
+        ref = normalize(photometric_distortion(np.ascontiguousarray(im), rng), MEAN, STD)
+        h, w = lb.shape
+        assert torch.equal(img[:, :h, :w], ref) and (img[:, h:] == 0).all() and (img[:, :, w:] == 0).all(), seed
+        assert torch.equal(lab[:h, :w], torch.from_numpy(lb.astype(np.int64))) and (lab[h:] == 255).all(), seed
+
+
 def test_random_crop_avoids_single_class_crops() -> None:
     label = np.zeros((64, 64), dtype=np.uint8)
     label[40:56, 40:56] = 1

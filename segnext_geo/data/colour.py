@@ -47,7 +47,7 @@ def _tables() -> dict[str, np.ndarray]:
     ``s``: S by ``(V << 8) | diff``; ``h``: H by ``diff * 1531 + num + 255``, from OpenCV's
     ``sdiv_table`` / ``hdiv_table180`` (``round((255 << 12) / i)``, ``round((180 << 12) / (6 i))``)
     and its fixed-point formulas. ``sector``, ``vf``: the float sector of H and V / 255;
-    ``p``: ``trunc(255 V(1-S))`` by ``(S << 8) | V``; ``m``: ``1 - S g`` by ``(S << 8) | H`` with
+    ``vp``: V | ``trunc(255 V(1-S))`` << 8 (OpenCV's P) by ``(S << 8) | V``; ``m``: ``1 - S g`` by ``(S << 8) | H`` with
     ``g`` = f (odd sectors, OpenCV's Q) or ``1 - f`` (even sectors, T), rounded once (an FMA).
     """
     i = np.arange(256, dtype=np.float64)
@@ -68,11 +68,13 @@ def _tables() -> dict[str, np.ndarray]:
     inv255 = np.float32(1.0) / np.float32(255.0)
     unit = np.arange(256, dtype=np.float32) * inv255  # S / 255 and V / 255
     sf, vf = np.meshgrid(unit, unit, indexing="ij")
-    p_tab = (vf * (np.float32(1.0) - sf) * np.float32(255.0)).astype(np.uint8).reshape(-1)
+    p_tab = (vf * (np.float32(1.0) - sf) * np.float32(255.0)).astype(np.uint8)
+    # V in byte 0 and P in byte 1 of one word, by (S << 8) | V
+    vp_tab = (np.arange(256, dtype=np.uint32)[None, :] | (p_tab.astype(np.uint32) << 8)).reshape(-1)
     sg, gg = np.meshgrid(unit.astype(np.float64), g.astype(np.float64), indexing="ij")
     m_tab = (1.0 - sg * gg).astype(np.float32).reshape(-1)  # s * g is exact in float64: one rounding
     shift = (8 * _ROLE_RGB[sector].T).astype(np.uint32)  # (channel, H): the byte (V, P, M) of that channel
-    return {"s": s_tab, "h": h_tab, "vf": unit, "p": p_tab, "m": m_tab, "shift": shift}
+    return {"s": s_tab, "h": h_tab, "vf": unit, "vp": vp_tab, "m": m_tab, "shift": shift}
 
 
 def rgb_to_hsv_planes(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,11 +94,10 @@ def hsv_to_rgb_planes(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> tuple[np.n
     """uint8 H (0..179), S, V planes -> uint8 R, G, B planes (``cv2.COLOR_HSV2RGB``)."""
     t = _tables()
     s_hi = s.astype(np.int32) << 8
-    p = np.take(t["p"], s_hi | v)
     # the sector's middle value: trunc(255 * V * (1 - S g)), in OpenCV's float32 order
-    mid = (np.take(t["vf"], v) * np.take(t["m"], s_hi | h) * np.float32(255.0)).astype(np.uint8)
+    mid = (np.take(t["vf"], v) * np.take(t["m"], s_hi | h) * np.float32(255.0)).astype(np.uint32)
     # (V, P, M) packed in the bytes of one word; each channel shifts out the byte its sector picks
-    packed = v.astype(np.uint32) | (p.astype(np.uint32) << 8) | (mid.astype(np.uint32) << 16)
+    packed = np.take(t["vp"], s_hi | v) | (mid << 16)
     r, g, b = ((packed >> np.take(t["shift"][c], h)).astype(np.uint8) for c in range(3))  # the low byte
     return r, g, b
 

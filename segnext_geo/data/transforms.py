@@ -201,21 +201,26 @@ def _photometric_chw(
     return flush(img)
 
 
-def _resized_crop_chw(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """``box`` ``(y0, y1, x0, x1)`` of ``image`` ``(H, W, C)`` resized to ``size``, as a contiguous ``(C, h, w)`` array.
+def _resized_crop_chw(
+    image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int], flip: bool = False
+) -> np.ndarray:
+    """``box`` ``(y0, y1, x0, x1)`` of ``image`` ``(H, W, C)`` resized to ``size`` (and flipped left-right), as a
+    contiguous ``(C, h, w)`` array.
 
-    Same pixels as ``resize`` then crop; only the crop is ever transposed to channel-first.
+    Same pixels as ``resize``, crop, flip; only the crop is ever transposed to channel-first,
+    and it comes out contiguous (numpy is much slower on reversed strides).
     """
     y0, y1, x0, x1 = box
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (C, H, W) view of the HWC array
     if image.shape[:2] == tuple(size):
-        return np.ascontiguousarray(np.moveaxis(image[y0:y1, x0:x1], -1, 0))
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # channels_last strides
-    if image.dtype == np.uint8:
-        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
+        crop = t[:, y0:y1, x0:x1]
+    elif image.dtype == np.uint8:
+        crop = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+        crop = crop[:, y0:y1, x0:x1]
     else:
-        out = F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False)
-    crop = out[0, :, y0:y1, x0:x1].contiguous().numpy()
-    return crop.astype(image.dtype, copy=False)
+        crop = F.interpolate(t[None].float(), size=size, mode="bilinear", align_corners=False)[0][:, y0:y1, x0:x1]
+    crop = crop.flip(-1) if flip else crop.contiguous()
+    return crop.numpy().astype(image.dtype, copy=False)
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -263,10 +268,9 @@ class TrainPipeline:
         size = rescale_size(image.shape[0], image.shape[1], scale)
         label = resize_label(label, size)
         y0, y1, x0, x1 = crop_box(label, self.crop_size, rng, self.cat_max_ratio, self.ignore_index)
-        chw = _resized_crop_chw(image, size, (y0, y1, x0, x1))
-        label = label[y0:y1, x0:x1]
-        if rng.random() < self.flip_prob:
-            chw, label = chw[:, :, ::-1], label[:, ::-1]
+        flip = rng.random() < self.flip_prob
+        chw = _resized_crop_chw(image, size, (y0, y1, x0, x1), flip)
+        label = label[y0:y1, x0:x1][:, ::-1] if flip else label[y0:y1, x0:x1]
         if self.photometric and chw.dtype == np.uint8:
             chw = _photometric_chw(chw, rng)
         img = _normalize_chw(chw, self.mean, self.std)
