@@ -487,3 +487,16 @@ def test_geotiff_rasters_random_chips_grid_validation_and_training(tmp_path: Pat
     assert build_data(load_config(None, sets).data).bands == (1, 2, 3)
     with pytest.raises(UserError, match=r"data\.train_labels=.*nothing\.tif: no raster"):
         build_data(load_config(None, [*sets, f"data.train_labels={tmp_path / 'nothing.tif'}"]).data)
+
+
+def test_data_code_does_not_import_the_trainer() -> None:
+    """Imports run one way (train -> data): the data code, config section included, never loads train/."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, segnext_geo.data.build, segnext_geo.data.isaid_prepare, segnext_geo.data.transforms; "
+        "print(sorted(m for m in sys.modules if m.startswith(('segnext_geo.train', 'segnext_geo.inference'))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
