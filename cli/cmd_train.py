@@ -16,25 +16,35 @@ _SET_HELP = "Override one config key, e.g. --set data.batch_size=8 (repeatable; 
 def prepare_isaid(
     raw_dir: Annotated[Path, typer.Argument(help="Raw iSAID: train/, val/, test/ with images/ and Semantic_masks/.")],
     out_dir: Annotated[Path, typer.Argument(help="Output folder for img_dir/ and ann_dir/ patches.")],
-    patch_size: Annotated[int, typer.Option(help="Patch side in pixels.")] = 896,
-    overlap: Annotated[int, typer.Option(help="Patch overlap in px (stride = size - overlap).")] = 384,
+    protocol: Annotated[
+        str, typer.Option(help="mmseg: 896 px patches, overlap 384, padded; jseg: 800/200 as the authors' JSeg.")
+    ] = "mmseg",
+    patch_size: Annotated[int | None, typer.Option(help="Patch side in px (default: the protocol's).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Patch overlap in px (default: the protocol's).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Cut raw iSAID scenes into the 896x896 patches the SegNeXt paper trains and evaluates on.
+    """Cut raw iSAID scenes into the patches the SegNeXt paper trains and evaluates on.
 
     Reads the extracted PNGs or the original zip archives (train/images/part1.zip ...,
     train/Semantic_masks/images.zip), maps mask colours to the 16 class ids (unknown
     colours become 0 and are reported) and writes mmseg-style
     img_dir/{train,val}/P0000_{y0}_{y1}_{x0}_{x1}.png patches with 8-bit palette
-    annotations in ann_dir/. Test images are copied whole. Running it again skips
-    images that are already done.
+    annotations in ann_dir/. --protocol mmseg (default) cuts 896x896 patches with overlap
+    384 as mmsegmentation's converter (small images padded, test images copied whole);
+    --protocol jseg cuts 800x800 with overlap 200 as the authors' JSeg (an image is cut only
+    when both sides exceed 800, else copied whole; P1527 and P1530 left out), the patches
+    behind the published iSAID weights. Running it again skips images that are already done.
 
     Example: segnext-geo prepare-isaid ~/datasets/iSAID_raw data/iSAID --workers 4
-    """
-    from segnext_geo.data.isaid import prepare_isaid as run
 
-    report = run(raw_dir, out_dir, patch_size=patch_size, overlap=overlap, workers=workers, progress=not quiet)
+    Example: segnext-geo prepare-isaid ~/datasets/iSAID_raw data/iSAID_jseg --protocol jseg
+    """
+    from segnext_geo.data.isaid_prepare import prepare_isaid as run
+
+    report = run(
+        raw_dir, out_dir, patch_size=patch_size, overlap=overlap, workers=workers, progress=not quiet, protocol=protocol
+    )
     for line in report.summary():
         typer.echo(line)
 

@@ -14,6 +14,12 @@ the RNG state and on how images were batched. :class:`NMF2D` offers:
   it equals the reference run right after ``torch.manual_seed(0)``.
 - ``init="reference"``: the reference's exact RNG use (global generator, one draw
   of shape (B*S, D, R) per forward, moved to the input's device).
+
+``train_init`` chooses the bases in training mode separately (default: ``init``).
+Training as the paper does is ``train_init="reference"`` with the default
+``init``: new random bases on every training forward (drawn from the global CPU
+generator, so seeding and checkpointed RNG state reproduce them), the
+deterministic bases in eval.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class NMF2D(nn.Module):
         train_steps: multiplicative updates in training mode (6).
         eval_steps: multiplicative updates in eval mode (7).
         init: ``"deterministic"`` or ``"reference"`` bases (see the module docstring).
+        train_init: the bases in training mode; ``None`` = ``init``.
         seed: seed of the deterministic bases.
         grad: ``"full"`` backpropagates through every iteration (as the reference);
             ``"one_step"`` runs the loop without gradient (HamNet's one-step trick).
@@ -54,10 +61,12 @@ class NMF2D(nn.Module):
         init: NMFInit = "deterministic",
         seed: int = 0,
         grad: NMFGrad = "full",
+        train_init: NMFInit | None = None,
     ) -> None:
         super().__init__()
-        if init not in ("deterministic", "reference"):
-            raise ValueError(f"nmf_init must be 'deterministic' or 'reference', not {init!r}")
+        for value in (init, train_init if train_init is not None else init):
+            if value not in ("deterministic", "reference"):
+                raise ValueError(f"nmf_init must be 'deterministic' or 'reference', not {value!r}")
         if grad not in ("full", "one_step"):
             raise ValueError(f"nmf_grad must be 'full' or 'one_step', not {grad!r}")
         self.rank = int(rank)
@@ -65,6 +74,7 @@ class NMF2D(nn.Module):
         self.train_steps = int(train_steps)
         self.eval_steps = int(eval_steps)
         self.init = init
+        self.train_init: NMFInit = train_init if train_init is not None else init
         self.seed = int(seed)
         self.grad = grad
         self.inv_t = 1.0  # NMF2D forces inv_t = 1 whatever the config says.
@@ -73,15 +83,17 @@ class NMF2D(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"rank={self.rank}, S={self.spatial_groups}, steps={self.train_steps}/{self.eval_steps}, "
-            f"init={self.init!r}, seed={self.seed}, grad={self.grad!r}"
+            f"init={self.init!r}, train_init={self.train_init!r}, seed={self.seed}, grad={self.grad!r}"
         )
 
     def initial_bases(self, batch: int, dim: int, device: torch.device) -> Tensor:
-        """Initial bases ``(batch * S, D, R)``, float32, unit L2 norm along D."""
+        """Initial bases ``(batch * S, D, R)``, float32, unit L2 norm along D (``train_init`` in training mode)."""
         s, r = self.spatial_groups, self.rank
-        if self.init == "reference":
-            bases = torch.rand((batch * s, dim, r)).to(device)
-            return F.normalize(bases, dim=1)
+        if (self.train_init if self.training else self.init) == "reference":
+            bases = torch.rand((batch * s, dim, r))  # the global CPU generator, as the reference
+            if device.type == "cuda":  # same values; a pinned copy does not stall the host
+                return F.normalize(bases.pin_memory().to(device, non_blocking=True), dim=1)
+            return F.normalize(bases.to(device), dim=1)
         key = (int(dim), r, str(device))  # int(): under tracing dim is a tensor
         cached = self._bases_cache.get(key)
         if cached is None:

@@ -117,7 +117,8 @@ def build_model(variant: str, num_classes: int, **options: Any) -> SegNeXt:
         num_classes: K, the number of output classes.
         **options:
             ``nmf_rank`` (default: the official repo's 16 for T/S, 64 for B/L),
-            ``nmf_init`` (``"deterministic"`` | ``"reference"``), ``nmf_seed`` (0),
+            ``nmf_init`` (``"deterministic"`` | ``"reference"``), ``nmf_train_init`` (the bases in
+            training mode; default ``nmf_init``), ``nmf_seed`` (0),
             ``nmf_grad`` (``"full"`` | ``"one_step"``), ``nmf_train_steps`` (6),
             ``nmf_eval_steps`` (7), ``drop_path_rate`` (variant default),
             ``dropout_ratio`` (0.1), ``in_channels`` (3), ``batch_invariant`` (True),
@@ -139,6 +140,7 @@ def build_model(variant: str, num_classes: int, **options: Any) -> SegNeXt:
         init=opts.pop("nmf_init", "deterministic"),
         seed=int(opts.pop("nmf_seed", 0)),
         grad=opts.pop("nmf_grad", "full"),
+        train_init=opts.pop("nmf_train_init", None),
     )
     in_channels = int(opts.pop("in_channels", 3))
     batch_invariant = bool(opts.pop("batch_invariant", True))
