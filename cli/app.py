@@ -67,13 +67,19 @@ def _root() -> None:
 @app.command()
 def info(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A SegNeXt checkpoint: official, mmseg 1.x, ImageNet MSCAN or own.")
+        str,
+        typer.Argument(
+            help="A checkpoint file (official, mmseg 1.x, Jittor, ImageNet MSCAN or own), a pretrained name "
+            "(segnext-geo models list) or a URL."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Print a checkpoint's family, variant, classes and parameter count.
 
     Example: segnext-geo info segnext_mscan-t_ade20k.pth
+
+    Example: segnext-geo info segnext_t_isaid
     """
     from segnext_geo.models import describe_checkpoint
 
@@ -82,7 +88,7 @@ def info(
         typer.echo(json.dumps(d, indent=2))
         return
     typer.echo(f"checkpoint : {d['path']}")
-    typer.echo(f"family     : {d['family']}")
+    typer.echo(f"family     : {d['family']} ({d['format']} file)")
     typer.echo(f"variant    : {d['variant']}")
     if d["num_classes"] is None:
         typer.echo("classes    : none (ImageNet backbone; the decoder is initialised when training)")
@@ -91,7 +97,14 @@ def info(
         typer.echo(f"classes    : {d['num_classes']} ({names})")
     typer.echo(f"parameters : {d['parameters']:,} (backbone {d['backbone_parameters']:,})")
     typer.echo(f"NMF rank   : {d['nmf_rank']}")
+    if d["head_conv_bias"]:
+        typer.echo("head       : biases on the squeeze, ham_out and align convs (JSeg code of Sept 2022)")
     typer.echo(f"bands      : {d['bands']}, mean {d['mean']}, std {d['std']}")
+    w = d["weights"]
+    if w:
+        score = f"mIoU {w['miou']} ({w['reported']})" if w["miou"] is not None else w["reported"]
+        typer.echo(f"weights    : {w['name']}: {w['dataset']}, {score}")
+        typer.echo(f"licence    : {w['licence']}")
 
 
 def _register_commands() -> None:
@@ -126,6 +139,8 @@ def main() -> None:
             typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
             sys.exit(code)
         raise
+    if rc == 130:  # typer turns Ctrl-C / SIGTERM (KeyboardInterrupt) into a silent exit code 130
+        typer.echo("error: interrupted", err=True)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -39,8 +39,16 @@ from .predict_options import (
 @app.command()
 def batch(
     inputs: Annotated[list[str], typer.Argument(help="Scenes: files, directories, glob patterns or .txt lists.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint (loaded once per worker).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Output folder (mirrors input paths).")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Model (loaded once per worker): a checkpoint file, a pretrained name (segnext-geo models list) "
+            "or a URL. Default: $SEGNEXT_GEO_MODEL, else segnext_t_isaid.",
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Vector format: gpkg, parquet, fgb or geojson.")] = "gpkg",
     mask: Annotated[bool, typer.Option("--mask", help="Also keep each class raster (<name>.mask.tif).")] = False,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")] = None,
@@ -81,9 +89,11 @@ def batch(
     Example: segnext-geo batch /data/archive/ --checkpoint best.ckpt --out-dir results/ --workers 2 --merge all.gpkg
     """
     from segnext_geo.batch import run_batch
+    from segnext_geo.models.hub import prepare_checkpoint
 
     values = locals()
     options = build_options({k: v for k, v in values.items() if k != "workers"})  # --workers: Dask processes
+    checkpoint = prepare_checkpoint(checkpoint, progress=not quiet)
     s = run_batch(
         inputs,
         checkpoint,

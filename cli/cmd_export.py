@@ -12,7 +12,9 @@ from .app import app
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export (any family load_model reads).")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Checkpoint to export: a file (any family), a pretrained name or a URL.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
     tile_size: Annotated[int, typer.Option(help="Input side in pixels used for tracing and verification.")] = 1024,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width axes.")] = False,
@@ -25,6 +27,8 @@ def export(
     and no device-specific call, so the file runs in onnxruntime, TensorRT or OpenVINO.
 
     Example: segnext-geo export runs/isaid/best.ckpt --out segnext_t.onnx --tile-size 1024 --dynamic
+
+    Example: segnext-geo export segnext_t_isaid --out segnext_t_isaid.onnx --tile-size 896
     """
     from segnext_geo.export import export_onnx
 

@@ -39,6 +39,11 @@ from .predict_options import (
     build_options,
 )
 
+CHECKPOINT_HELP = (
+    "Model: a checkpoint file (any family, PyTorch or Jittor), a pretrained name (segnext-geo models list; "
+    "downloaded once) or a URL. Default: $SEGNEXT_GEO_MODEL, else segnext_t_isaid."
+)
+
 
 class ProbsMode(StrEnum):
     classes = "classes"
@@ -48,11 +53,11 @@ class ProbsMode(StrEnum):
 @app.command()
 def predict(
     scene: Annotated[Path, typer.Argument(help="Input raster GDAL opens: GeoTIFF, COG, VRT, JP2 ...")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint (any family).")],
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Class raster (.tif), or polygons (.gpkg, .parquet, .fgb, .geojson, .shp)."),
     ],
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", "-c", help=CHECKPOINT_HELP)] = None,
     probs_out: Annotated[
         Path | None, typer.Option(help="Also write probabilities as uint8 round(p*255) to this .tif.")
     ] = None,
@@ -97,13 +102,17 @@ def predict(
 
     Output: a COG (uint8, nodata 255, colour table, class_names tag) with the scene's CRS and grid.
 
-    Example: segnext-geo predict scene.tif -c segnext_t_isaid.pth -o classes.tif --probs-out probs.tif --tta flip
+    Example: segnext-geo predict scene.tif --out polygons.gpkg  (the default model, segnext_t_isaid, is fetched once)
+
+    Example: segnext-geo predict scene.tif -c segnext_t_isaid -o classes.tif --probs-out probs.tif --tta flip
 
     Polygons: segnext-geo predict scene.tif -c model.pth -o parcels.gpkg --mask-out classes.tif --min-area 20
     """
     from segnext_geo.inference import predict_scene
+    from segnext_geo.models.hub import prepare_checkpoint
 
     options = build_options(locals())
+    checkpoint = prepare_checkpoint(checkpoint, progress=not quiet)
     try:
         r = predict_scene(
             scene,

@@ -16,25 +16,35 @@ _SET_HELP = "Override one config key, e.g. --set data.batch_size=8 (repeatable; 
 def prepare_isaid(
     raw_dir: Annotated[Path, typer.Argument(help="Raw iSAID: train/, val/, test/ with images/ and Semantic_masks/.")],
     out_dir: Annotated[Path, typer.Argument(help="Output folder for img_dir/ and ann_dir/ patches.")],
-    patch_size: Annotated[int, typer.Option(help="Patch side in pixels.")] = 896,
-    overlap: Annotated[int, typer.Option(help="Patch overlap in px (stride = size - overlap).")] = 384,
+    protocol: Annotated[
+        str, typer.Option(help="mmseg: 896 px patches, overlap 384, padded; jseg: 800/200 as the authors' JSeg.")
+    ] = "mmseg",
+    patch_size: Annotated[int | None, typer.Option(help="Patch side in px (default: the protocol's).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Patch overlap in px (default: the protocol's).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Cut raw iSAID scenes into the 896x896 patches the SegNeXt paper trains and evaluates on.
+    """Cut raw iSAID scenes into the patches the SegNeXt paper trains and evaluates on.
 
     Reads the extracted PNGs or the original zip archives (train/images/part1.zip ...,
     train/Semantic_masks/images.zip), maps mask colours to the 16 class ids (unknown
     colours become 0 and are reported) and writes mmseg-style
     img_dir/{train,val}/P0000_{y0}_{y1}_{x0}_{x1}.png patches with 8-bit palette
-    annotations in ann_dir/. Test images are copied whole. Running it again skips
-    images that are already done.
+    annotations in ann_dir/. --protocol mmseg (default) cuts 896x896 patches with overlap
+    384 as mmsegmentation's converter (small images padded, test images copied whole);
+    --protocol jseg cuts 800x800 with overlap 200 as the authors' JSeg (an image is cut only
+    when both sides exceed 800, else copied whole; P1527 and P1530 left out), the patches
+    behind the published iSAID weights. Running it again skips images that are already done.
 
     Example: segnext-geo prepare-isaid ~/datasets/iSAID_raw data/iSAID --workers 4
-    """
-    from segnext_geo.data.isaid import prepare_isaid as run
 
-    report = run(raw_dir, out_dir, patch_size=patch_size, overlap=overlap, workers=workers, progress=not quiet)
+    Example: segnext-geo prepare-isaid ~/datasets/iSAID_raw data/iSAID_jseg --protocol jseg
+    """
+    from segnext_geo.data.isaid_prepare import prepare_isaid as run
+
+    report = run(
+        raw_dir, out_dir, patch_size=patch_size, overlap=overlap, workers=workers, progress=not quiet, protocol=protocol
+    )
     for line in report.summary():
         typer.echo(line)
 
@@ -44,7 +54,11 @@ def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config, e.g. configs/segnext_t_isaid.yaml.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)] = None,
     pretrained: Annotated[
-        Path | None, typer.Option(help="ImageNet MSCAN weights (mscan_t.pth) or a segmentation checkpoint.")
+        str | None,
+        typer.Option(
+            help="ImageNet MSCAN weights by name (mscan_t; downloaded once) or file, or a segmentation "
+            "checkpoint (file, pretrained name or URL)."
+        ),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue a run exactly from its checkpoint (e.g. runs/x/last.ckpt).")
@@ -62,7 +76,7 @@ def train(
     Several devices train with DDP; --resume restores optimiser, schedule, step, data
     position and RNG state.
 
-    Example: segnext-geo train --config configs/segnext_t_isaid.yaml --pretrained mscan_t.pth --devices 4
+    Example: segnext-geo train --config configs/segnext_t_isaid.yaml --pretrained mscan_t --devices 4
 
     Example: segnext-geo train -c configs/cpu_smoke.yaml --set schedule.iters=50 --set trainer.out_dir=runs/smoke
     """
@@ -89,7 +103,10 @@ def train(
 @app.command()
 def evaluate(
     config: Annotated[Path, typer.Option("--config", "-c", help="The YAML config naming the dataset.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A checkpoint written by train (best.ckpt).")],
+    checkpoint: Annotated[
+        str,
+        typer.Option("--checkpoint", help="A checkpoint written by train (best.ckpt), a pretrained name or a URL."),
+    ],
     mode: Annotated[str | None, typer.Option(help="whole or slide (default: eval.mode of the config).")] = None,
     split: Annotated[str | None, typer.Option(help="Split to score (default: data.val_split).")] = None,
     out: Annotated[

@@ -25,7 +25,7 @@ def vectorize(
         Path, typer.Option("--out", "-o", help="Output: .gpkg (recommended), .parquet, .fgb, .geojson, .shp.")
     ],
     probs: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Probabilities on the mask's grid (1-band confidence or 1 band per class): adds mean_confidence."
         ),

@@ -223,7 +223,7 @@ def _cached_runner(checkpoint: str, options: PredictOptions, threads: int) -> An
     from .models import load_model
 
     how = (options.device, options.precision, options.compile, options.deterministic, options.tta)
-    key = (checkpoint, os.stat(checkpoint).st_mtime_ns, *how)
+    key = (checkpoint, os.stat(checkpoint).st_mtime_ns if os.path.isfile(checkpoint) else 0, *how)
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
@@ -389,12 +389,11 @@ def run_batch(
 
     if fmt not in VECTOR_SUFFIXES:
         raise UserError(f"--format: {fmt!r} is not one of {', '.join(VECTOR_SUFFIXES)}")
-    ckpt = Path(checkpoint)
-    if not ckpt.is_file():
-        raise UserError(f"--checkpoint: {ckpt}: no such file")
     from .models.checkpoint import inspect_checkpoint
 
-    inspect_checkpoint(ckpt)  # fail fast on a bad checkpoint, before any cluster starts
+    # a file (absolute: workers may run elsewhere), a catalogue name or a URL (workers load it from their cache)
+    ckpt = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
+    inspect_checkpoint(ckpt)  # fetch names/URLs and fail fast on a bad checkpoint, before any cluster starts
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir: {out} exists and is not a directory")
@@ -432,7 +431,7 @@ def run_batch(
                 out,
                 fmt,
                 mask,
-                str(ckpt.resolve()),
+                ckpt,
                 opts,
                 threads_per_worker,
                 retries,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["atomic_output", "check_output", "check_outputs", "same_file", "sigterm_as_interrupt"]
+__all__ = ["atomic_output", "check_output", "check_outputs", "local_file", "same_file", "sigterm_as_interrupt"]
 
 
 def check_output(path: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
@@ -38,7 +38,7 @@ def check_output(path: str | Path, overwrite: bool = False, option: str = "--out
 _VSI_LOCAL = ("/vsizip/", "/vsigzip/", "/vsitar/", "/vsi7z/", "/vsirar/", "/vsisubfile/")
 
 
-def _local_file(path: str | Path) -> Path | None:
+def local_file(path: str | Path) -> Path | None:
     """The local file behind ``path``: itself, or the archive of a ``/vsizip/``-like path (else ``None``)."""
     s = str(path)
     if "://" in s:
@@ -68,7 +68,7 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     A ``/vsizip/``-style path stands for its local archive; ``/vsimem/`` and URLs never match a
     local file.
     """
-    pa, pb = _local_file(a), _local_file(b)
+    pa, pb = local_file(a), local_file(b)
     if pa is None or pb is None:
         return str(a) == str(b)
     try:

@@ -15,6 +15,14 @@ FIXTURE = SHARED / "fixtures" / "segnext_tiny"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_weights_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test (or subprocess it starts) touches the real weights cache or the internet's weights hosts."""
+    os.environ["SEGNEXT_GEO_HOME"] = str(tmp_path_factory.mktemp("segnext_geo_home"))
+    os.environ["SEGNEXT_GEO_WEIGHTS_MIRROR"] = "http://127.0.0.1:9"  # discard port: refused at once
+    os.environ.pop("SEGNEXT_GEO_MODEL", None)
+
+
 @pytest.fixture(scope="session")
 def reference_fixture() -> Path:
     """The reference implementation's SegNeXt-T fixture directory (skips when ../shared is absent)."""

@@ -96,7 +96,9 @@ def test_imagenet_mscan_backbone_loads_and_head_is_fresh(tmp_path: Path, tiny5: 
     sd["head.bias"] = torch.randn(1000)
     path = tmp_path / "mscan_t.pth"
     torch.save({"state_dict": sd}, path)
-    assert detect_family(inspect_checkpoint(path).state_dict) == "mmseg"  # after mapping, prefixes are added
+    mapped = inspect_checkpoint(path).state_dict
+    assert all(k.startswith("backbone.") for k in mapped)  # after mapping, prefixes are added
+    assert detect_family(mapped) == "mscan-imagenet"  # a backbone with prefixes is still a backbone
     assert inspect_checkpoint(path).family == "mscan-imagenet"
     loaded = load_model(path, num_classes=3)
     assert loaded.num_classes == 3 and loaded.meta.family == "mscan-imagenet"

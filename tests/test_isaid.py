@@ -15,10 +15,13 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from segnext_geo.data.isaid import ISAID, ISAID_PALETTE, patch_windows, prepare_isaid, scan_raw_split
+from segnext_geo.data.isaid import ISAID, ISAID_PALETTE
+from segnext_geo.data.isaid_prepare import jseg_windows, patch_windows, prepare_isaid
+from segnext_geo.data.isaid_raw import scan_raw_split
 from segnext_geo.data.palette import ids_to_rgb, rgb_to_ids
 from segnext_geo.errors import UserError
 
+ROOT = Path(__file__).resolve().parents[1]
 PATCH, OVERLAP = 64, 24  # stride 40: small enough for fast tests, same logic as 896/384
 UNKNOWN = (1, 2, 3)
 #: raw images: split -> {name: (height, width)}
@@ -52,9 +55,9 @@ def _mask_rgb(name: str, ids: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_raw(root: Path, zipped: bool = False) -> Path:
+def write_raw(root: Path, zipped: bool = False, sizes: dict[str, dict[str, tuple[int, int]]] = SIZES) -> Path:
     """The raw iSAID layout: {split}/images/P*.png and {split}/Semantic_masks/P*_instance_color_RGB.png."""
-    for split, scenes in SIZES.items():
+    for split, scenes in sizes.items():
         img_dir, mask_dir = root / split / "images", root / split / "Semantic_masks"
         img_dir.mkdir(parents=True)
         if split != "test":
@@ -116,6 +119,115 @@ def test_windows_follow_the_mmseg_loops() -> None:
     assert patch_windows(64, 40, 64, 24) == [(0, 64, 0, 64)]
     with pytest.raises(UserError, match="--overlap"):
         patch_windows(100, 100, 64, 64)
+
+
+def test_jseg_windows_follow_the_jseg_converter() -> None:
+    """JSeg's split_iSAID: cut only when both sides exceed 800; starts range(0, size, 600), pulled back to the edge."""
+    assert jseg_windows(800, 1000) == [(0, 800, 0, 1000)]  # one side not above 800: the whole image, unpadded
+    assert jseg_windows(1000, 800) == [(0, 1000, 0, 800)]
+    assert jseg_windows(300, 500) == [(0, 300, 0, 500)]
+    # 801 x 1000: x starts 0, 600 -> 0, 200; y starts 0, 600 -> 0, 1 (x outer loop)
+    assert jseg_windows(801, 1000) == [(0, 800, 0, 800), (1, 801, 0, 800), (0, 800, 200, 1000), (1, 801, 200, 1000)]
+    # 1000 x 2000: x starts 0, 600, 1200, 1800 -> 1200 twice (written once); y 0, 600 -> 0, 200
+    assert jseg_windows(1000, 2000) == [
+        (0, 800, 0, 800),
+        (200, 1000, 0, 800),
+        (0, 800, 600, 1400),
+        (200, 1000, 600, 1400),
+        (0, 800, 1200, 2000),
+        (200, 1000, 1200, 2000),
+    ]
+    assert len(jseg_windows(4000, 4000)) == 7 * 7  # starts 0..3600 step 600 -> 0..3000 and 3200 (3600 pulled back)
+
+
+JSEG_SIZES = {
+    "train": {"P0000": (850, 1300), "P0001": (600, 900), "P1527": (90, 80)},
+    "val": {"P0002": (300, 200)},
+    "test": {"P0004": (900, 820), "P1530": (70, 60)},
+}
+
+
+@pytest.fixture(scope="module")
+def jseg_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    raw = write_raw(tmp_path_factory.mktemp("raw_jseg") / "iSAID", sizes=JSEG_SIZES)
+    out = tmp_path_factory.mktemp("prepared_jseg") / "iSAID"
+    r = _cli("prepare-isaid", str(raw), str(out), "--protocol", "jseg", "-q")
+    assert r.returncode == 0, r.stderr
+    return raw, out, r
+
+
+def test_prepare_jseg_protocol(jseg_prepared: tuple[Path, Path, subprocess.CompletedProcess[str]]) -> None:
+    raw, out, result = jseg_prepared
+
+    def names(folder: str) -> list[str]:
+        return sorted(p.name for p in (out / folder).iterdir())
+
+    assert names("img_dir/train") == [
+        "P0000_0_800_0_800.png",
+        "P0000_0_800_500_1300.png",
+        "P0000_50_850_0_800.png",
+        "P0000_50_850_500_1300.png",
+        "P0001.png",  # 600 x 900: copied whole, not padded
+    ]  # P1527 left out
+    assert names("ann_dir/train") == [n.replace(".png", "_instance_color_RGB.png") for n in names("img_dir/train")]
+    assert names("img_dir/val") == ["P0002.png"]
+    # JSeg cuts the test images too (no annotations); P1530 left out
+    test_patches = ["P0004_0_800_0_800", "P0004_0_800_20_820", "P0004_100_900_0_800", "P0004_100_900_20_820"]
+    assert names("img_dir/test") == [f"{n}.png" for n in test_patches]
+    assert not (out / "ann_dir" / "test").exists()
+
+    # pixels are the source's own; annotations hold the ids (unknown colours -> 0), never padded
+    image, ids = _scene("P0000", 850, 1300)
+    patch = np.asarray(Image.open(out / "img_dir" / "train" / "P0000_50_850_500_1300.png"))
+    assert np.array_equal(patch, image[50:850, 500:1300])
+    ann = np.asarray(Image.open(out / "ann_dir" / "train" / "P0000_0_800_0_800_instance_color_RGB.png"))
+    expected = ids[:800, :800].copy()
+    expected[:2, :3] = 0  # the unknown colour
+    assert np.array_equal(ann, expected)
+    whole = out / "img_dir" / "train" / "P0001.png"
+    assert whole.read_bytes() == (raw / "train" / "images" / "P0001.png").read_bytes()  # copyfile, as JSeg
+    ann = np.asarray(Image.open(out / "ann_dir" / "train" / "P0001_instance_color_RGB.png"))
+    assert ann.shape == (600, 900) and np.array_equal(ann, _scene("P0001", 600, 900)[1])
+
+    assert "protocol: jseg (800x800 px, overlap 200)" in result.stdout
+    assert "left out as the jseg protocol does: train/P1527, test/P1530" in result.stdout
+    report = json.loads((out / "prepare_isaid.json").read_text())
+    assert report["patches"] == {"train": 5, "val": 1, "test": 4}
+    assert report["unknown_masks"] == {"train/P0000": {"pixels": 6, "colours": {"1,2,3": 6}}}
+    # the dataset reads both kinds of file
+    ds = ISAID(out, "train")
+    assert len(ds) == 5 and ds.load(4)[0].shape == (600, 900, 3)
+
+    r = _cli("prepare-isaid", str(raw), str(out), "--protocol", "pfseg", "-q")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --protocol pfseg: must be one of mmseg, jseg"
+
+
+@pytest.mark.slow
+def test_evaluate_jseg_config_with_a_checkpoint_file(
+    tmp_path: Path, jseg_prepared: tuple[Path, Path, subprocess.CompletedProcess[str]]
+) -> None:
+    import torch
+
+    from segnext_geo.models import build_model, save_checkpoint
+    from segnext_geo.train.evaluate import evaluate
+
+    _, out, _ = jseg_prepared
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model("tiny", 16, palette=ISAID_PALETTE), tmp_path / "isaid16.pth")
+    cfg = ROOT / "configs" / "segnext_t_isaid_jseg.yaml"
+    sets = [f"data.root={out}", "data.num_workers=0"]
+    a = evaluate(cfg, str(ckpt), overrides=sets, progress=False)  # the checkpoint string goes to load_model as given
+    assert a["json"] == str(tmp_path / "eval_val_whole.json") and Path(a["png"]).is_file()  # next to the file
+    assert a["checkpoint"] == str(ckpt) and a["images"] == 1  # P0002 (300 x 200), copied whole by JSeg
+    assert (a["test_scale"], a["test_size_divisor"], a["mode"]) == ([896, 896], 32, "whole")
+    assert np.array(a["confusion_matrix"]).sum() == 300 * 200  # run at 896 x 608, scored at the label's own size
+    b = evaluate(cfg, ckpt, out=tmp_path / "b.json", overrides=sets, progress=False)  # a Path works too
+    assert b["confusion_matrix"] == a["confusion_matrix"]
+    c = evaluate(cfg, ckpt, out=tmp_path / "c.json", overrides=[*sets, "data.test_size_divisor=null"], progress=False)
+    assert c["confusion_matrix"] != a["confusion_matrix"]  # 896 x 597 without the multiple-of-32 resize
+
+    r = _cli("evaluate", "--config", str(cfg), "--checkpoint", str(tmp_path / "none.pth"), "--set", sets[0], "-q")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'none.pth'}: checkpoint not found"
 
 
 def test_palette_round_trips_and_counts_unknown_colours() -> None:
@@ -236,6 +348,46 @@ def test_isaid_dataset_reads_patches_and_names_bad_files(
         ISAID(broken, "val")
     with pytest.raises(UserError, match="folder not found"):
         ISAID(broken, "train")
+
+
+def test_isaid_dataset_refuses_one_bit_and_impossible_labels(
+    tmp_path: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    """mmseg's own converter writes 1-bit PNGs under Pillow >= 9: ids {0, 5, 255} read back as {0, 1}."""
+    out, _ = prepared
+    image, _ = ISAID(out, "val").load(0)
+    bad = tmp_path / "bad"
+    for d in ("img_dir/val", "ann_dir/val"):
+        (bad / d).mkdir(parents=True)
+    Image.fromarray(image).save(bad / "img_dir" / "val" / "P9_0_64_0_64.png")
+    ann = bad / "ann_dir" / "val" / "P9_0_64_0_64_instance_color_RGB.png"
+    ids = np.zeros((64, 64), dtype=np.uint8)
+    ids[:20], ids[40:] = 5, 255
+    Image.fromarray(ids > 0).save(ann)  # what a 1-bit mask keeps of them
+    assert Image.open(ann).mode == "1"
+    one_bit = rf"^{ann}: 1-bit label PNG \(mode '1'\).*class ids are lost.*segnext-geo prepare-isaid"
+    with pytest.raises(UserError, match=one_bit):
+        ISAID(bad, "val")  # refused before any training starts
+
+    r = _cli("train", "--config", str(_tiny_cfg(tmp_path, bad)), "--set", f"trainer.out_dir={tmp_path / 'run'}", "-q")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "1-bit label PNG" in r.stderr and str(ann) in r.stderr
+
+    ids[0, 0] = 37  # not an iSAID class id (0..15) nor the ignore index
+    Image.fromarray(ids).save(ann)
+    ds = ISAID(bad, "val")
+    impossible = rf"^{ann}: label value 37 is not an iSAID class id .*segnext-geo prepare-isaid"
+    with pytest.raises(UserError, match=impossible):
+        ds.load(0)
+    ids[0, 0] = 15
+    Image.fromarray(ids).save(ann)
+    assert set(np.unique(ISAID(bad, "val").load(0)[1])) == {0, 5, 15, 255}  # 8-bit ids are read as they are
+
+
+def _tiny_cfg(tmp_path: Path, root: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"data: {{dataset: isaid, root: {root}, train_split: val, num_workers: 0, test_scale: null}}\n")
+    return cfg
 
 
 @pytest.mark.slow

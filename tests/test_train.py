@@ -60,6 +60,18 @@ def test_paper_configs_load_with_the_recipe() -> None:
         variants[c.model.variant] = c.model.drop_path_rate
         assert c.optim == t.optim and c.schedule == t.schedule and c.data == t.data  # inherited via _base_
     assert variants == {"segnext_t": 0.1, "segnext_s": 0.1, "segnext_b": 0.2, "segnext_l": 0.3}
+    assert t.model.nmf_init == "reference" and t.model.nmf_grad == "full" and t.data.test_size_divisor is None
+    for name in ("t", "s", "b", "l"):  # the authors' JSeg protocol: same recipe, JSeg's test resize and NMF gradient
+        j = load_config(ROOT / "configs" / f"segnext_{name}_isaid_jseg.yaml")
+        mm = load_config(ROOT / "configs" / f"segnext_{name}_isaid.yaml")
+        assert (j.model.variant, j.model.drop_path_rate, j.model.nmf_rank) == (
+            mm.model.variant,
+            mm.model.drop_path_rate,
+            mm.model.nmf_rank,
+        )
+        assert j.model.nmf_grad == "one_step" and j.model.nmf_init == "reference"
+        assert (j.data.test_scale, j.data.test_size_divisor, j.eval.mode) == ([896, 896], 32, "whole")
+        assert j.optim == mm.optim and j.schedule == mm.schedule and j.data.crop_size == mm.data.crop_size
     for extra in ("loveda_segnext_t", "potsdam_segnext_t", "geotiff_example", "cpu_smoke"):
         load_config(ROOT / "configs" / f"{extra}.yaml")
 
@@ -161,6 +173,56 @@ def test_metrics_match_the_definitions() -> None:
     assert m["mAcc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
 
 
+# ---------------------------------------------------------------------------- NMF bases
+
+
+def _trained_model(*sets: str):
+    """The model exactly as ``train`` builds it from a config (synthetic data, 3 classes)."""
+    from segnext_geo.data.build import build_data
+    from segnext_geo.train.fit import _build_model
+
+    cfg = load_config(None, ["data.dataset=synthetic", "data.options={num_classes: 3, size: 32}", *sets])
+    return cfg, _build_model(cfg, build_data(cfg.data, roles=("val",)))
+
+
+def test_training_draws_new_nmf_bases_every_forward_and_eval_is_deterministic() -> None:
+    cfg, model = _trained_model()
+    assert cfg.model.nmf_init == "reference"  # the paper's rand_init is the default
+    nmf = model.nmf
+    x = torch.rand(2, 256, 6, 5, generator=torch.Generator().manual_seed(0))  # a post-ReLU (non-negative) map
+    dev = torch.device("cpu")
+
+    model.train()
+    b1, b2 = nmf.initial_bases(2, 256, dev), nmf.initial_bases(2, 256, dev)
+    assert b1.shape == (2, 256, 16) and not torch.equal(b1, b2)  # new bases every forward ...
+    assert not torch.equal(b1[0], b1[1])  # ... and per image, as torch.rand(B*S, D, R)
+    assert torch.allclose(b1.norm(dim=1), torch.ones(2, 16))  # unit L2 norm along D
+    y1, y2 = nmf(x), nmf(x)
+    assert not torch.allclose(y1, y2, atol=1e-3)
+    torch.manual_seed(7)
+    y3 = nmf(x)
+    torch.manual_seed(7)
+    assert torch.equal(nmf(x), y3)  # drawn from the global RNG: seeding (and a restored RNG state) repeats them
+    torch.manual_seed(7)
+    expected = torch.nn.functional.normalize(torch.rand(2, 256, 16), dim=1)
+    torch.manual_seed(7)
+    assert torch.equal(nmf.initial_bases(2, 256, dev), expected)  # exactly the reference's draw
+
+    model.eval()
+    e1 = nmf(x)
+    torch.manual_seed(123)
+    assert torch.equal(nmf(x), e1)  # eval: one fixed set of bases, whatever the RNG
+    assert torch.equal(nmf.initial_bases(2, 256, dev)[0], nmf.initial_bases(2, 256, dev)[1])
+    plain = build_model("tiny", 3).nmf.eval()  # what load_model/predict/evaluate use
+    assert torch.equal(plain(x), e1)
+
+    cfg, fixed = _trained_model("model.nmf_init=deterministic")
+    fixed.train()
+    assert torch.equal(fixed.nmf(x), fixed.nmf(x))
+    with pytest.raises(UserError, match=r"model\.nmf_init must be one of reference, deterministic"):
+        load_config(None, ["model.nmf_init=random"])
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -197,7 +259,8 @@ def test_training_reduces_the_loss_and_checkpoints_load(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     """Stopping after 3 (mid-epoch) or 4 (end of epoch) of 6 steps and resuming gives the same weights as one
-    uninterrupted run: optimiser, schedule, step, data position and RNG (dropout, drop path) all continue."""
+    uninterrupted run: optimiser, schedule, step, data position and RNG (dropout, drop path and the random NMF
+    bases drawn on every training forward) all continue."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from segnext_geo.train.fit import train
@@ -209,6 +272,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         )
         for n in (3, 4)
     ]
+    assert _synthetic_cfg(tmp_path / "a", *sets).model.nmf_init == "reference"
     full = train(_synthetic_cfg(tmp_path / "a", *sets), callbacks=snaps)
     a = torch.load(full.last, weights_only=True)
     for name, snap in (("b", tmp_path / "every3" / "s3.ckpt"), ("c", tmp_path / "every4" / "s4.ckpt")):
@@ -223,6 +287,51 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="has 4 classes but the dataset has 5"):
         train(_synthetic_cfg(tmp_path / "d", *sets, "data.options={num_classes: 5, size: 64}"), resume=snap)
+
+
+def test_last_checkpoint_every_n_steps_and_at_validation(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from segnext_geo.train.fit import _cudnn_benchmark, train
+
+    assert load_config(None).checkpoint_every() == 2000  # long runs (val every 8000): every 2000 steps
+    assert load_config(None, ["trainer.val_interval=1000"]).checkpoint_every() is None  # validation is often enough
+    assert load_config(None, ["trainer.checkpoint_interval=null"]).checkpoint_every() is None
+    assert load_config(ROOT / "configs" / "cpu_smoke.yaml").checkpoint_every() is None
+    with pytest.raises(UserError, match=r"trainer\.checkpoint_interval: must be >= 1, got 0"):
+        load_config(None, ["trainer.checkpoint_interval=0"])
+    assert _cudnn_benchmark(deterministic=False, gpu=True) is True
+    assert _cudnn_benchmark(deterministic=True, gpu=True) is None and _cudnn_benchmark(False, gpu=False) is None
+
+    class SeeLast(pl.Callback):
+        """The step stored in last.ckpt as each training step begins."""
+
+        def __init__(self) -> None:
+            self.seen: list[int | None] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            last = tmp_path / "run" / "last.ckpt"
+            self.seen.append(torch.load(last, weights_only=True)["global_step"] if last.exists() else None)
+
+    from segnext_geo.data.build import build_data
+
+    see = SeeLast()
+    cfg = _synthetic_cfg(
+        tmp_path / "run",
+        "data.options={num_train: 8, num_val: 2, size: 32, num_classes: 3}",
+        "data.batch_size=2",
+        "data.img_scale=32",
+        "data.crop_size=32",
+        "schedule.iters=5",
+        "trainer.val_interval=5",
+        "trainer.checkpoint_interval=2",
+    )
+    bundle = build_data(cfg.data)  # sources built in code: train(data=...) uses them instead of cfg.data's
+    with pytest.raises(UserError, match="data: no val source given"):
+        train(cfg, data=type(bundle)(**{**bundle.__dict__, "sources": {"train": bundle.sources["train"]}}))
+    result = train(cfg, callbacks=[see], data=bundle)
+    assert see.seen == [None, None, 2, 2, 4]
+    assert torch.load(result.last, weights_only=True)["global_step"] == 5  # and after the final validation
 
 
 @pytest.mark.slow

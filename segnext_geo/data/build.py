@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..models.meta import IMAGENET_MEAN, IMAGENET_STD, ISAID_CLASSES, ISAID_PALETTE, default_palette
 from .dataset import SegSource
-
-if TYPE_CHECKING:
-    from ..train.config import DataSection
+from .section import DataSection
 
 __all__ = ["BUILTIN_DATASETS", "DataBundle", "build_data", "check_dataset_name"]
 

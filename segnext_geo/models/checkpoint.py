@@ -10,6 +10,11 @@ Families (see ``../shared/docs/segnext-reference.md`` section 3):
 - ``segnext-geo``: this project's own files (also Lightning checkpoints written by
   its trainer), carrying :class:`~segnext_geo.models.meta.ModelMeta`.
 
+Two file formats: PyTorch (``torch.save``, zip or legacy) and Jittor pickles (JSeg, the
+authors' Jittor port; official key names, read by :mod:`segnext_geo.models.jittor`). Neither
+is ever unpickled with code execution. A checkpoint may also be named by catalogue name or
+URL (:mod:`segnext_geo.models.weights`, :mod:`segnext_geo.models.hub`).
+
 Like timm's ``checkpoint_filter_fn``, :func:`filter_state_dict` maps a foreign
 state dict onto this implementation's names; loading is strict and every
 mismatch is reported by name in one :class:`CheckpointError`.
@@ -25,18 +30,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from .errors import CheckpointError
+from .jittor import JITTOR_MARKER, fill_num_batches_tracked, jittor_state_dict, read_jittor
 from .mscan import MSCAN_CONFIGS
-from .segnext import HEAD_CONFIGS, SegNeXt, build_model, canonical_variant
+from .safe_pickle import MetadataPickleModule
+from .segnext import HEAD_BIAS_KEYS, HEAD_CONFIGS, SegNeXt, build_model, canonical_variant
+from .weights import Weights
 
 __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
     "describe_checkpoint",
     "detect_family",
+    "file_format",
     "filter_state_dict",
     "infer_variant",
     "inspect_checkpoint",
+    "inspect_file",
     "load_model",
     "read_checkpoint",
     "save_checkpoint",
@@ -46,60 +56,69 @@ META_KEY = "segnext_geo"
 _DEPTHS: dict[tuple[int, ...], str] = {tuple(cfg.depths): name for name, cfg in MSCAN_CONFIGS.items()}
 
 
-class CheckpointError(UserError, ValueError):
-    """A checkpoint file that cannot be used; the message is one line naming the file."""
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+#: Leading bytes of files that are often passed by mistake, and what they are.
+_NOT_CHECKPOINTS: tuple[tuple[bytes, str], ...] = (
+    (b"II*\x00", "a TIFF image (a raster?)"),
+    (b"MM\x00*", "a TIFF image (a raster?)"),
+    (b"II+\x00", "a BigTIFF image (a raster?)"),
+    (b"MM\x00+", "a BigTIFF image (a raster?)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"GIF8", "a GIF image"),
+    (b"SQLite format 3\x00", "an SQLite database (a GeoPackage?)"),
+    (b"\x89HDF", "an HDF5 file (a Keras model?)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"<!DOCTYPE", "an HTML page (an error or login page saved instead of the file?)"),
+    (b"<html", "an HTML page (an error or login page saved instead of the file?)"),
+    (b"<HTML", "an HTML page (an error or login page saved instead of the file?)"),
+    (b"<?xml", "an XML file (a VRT?)"),
+    (b"<VRTDataset", "a GDAL VRT"),
+    (b"{", "a JSON file"),
+)
 
 
-class _Stub:
-    """Stands in for any non-tensor Python object in an untrusted pickle (never executed)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-_SAFE_BUILTINS = {
-    "set",
-    "frozenset",
-    "slice",
-    "complex",
-    "tuple",
-    "list",
-    "dict",
-    "int",
-    "float",
-    "str",
-    "bytes",
-    "bool",
-}
+def _is_legacy_torch(head: bytes) -> bool:
+    """A non-zip ``torch.save`` file: a pickle whose first object is PyTorch's magic number."""
+    if head[:1] != b"\x80":
+        return False
+    i = 2
+    if head[i : i + 1] == b"\x95":  # FRAME (protocol >= 4)
+        i += 9
+    return head[i : i + 2] == b"\x8a\x0a" and int.from_bytes(head[i + 2 : i + 12], "little") == _TORCH_LEGACY_MAGIC
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves torch/collections/numpy array globals and replaces every other class by :class:`_Stub`."""
+def file_format(path: str | Path) -> str:
+    """``"pytorch"`` (zip or legacy ``torch.save``) or ``"jittor"`` (a pickle, with or without SHA-1 trailer).
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return super().find_class(module, name)
-        if module == "collections" and name in {"OrderedDict", "defaultdict"}:
-            return super().find_class(module, name)
-        if module.startswith("torch") and (
-            name.startswith("_rebuild")
-            or name.endswith("Storage")
-            or name in {"Size", "device", "dtype"}
-            or module == "torch._utils"
-        ):
-            return super().find_class(module, name)
-        if module.startswith("numpy") and name in {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}:
-            return super().find_class(module, name)
-        return _Stub
-
-
-class _SafePickleModule:
-    Unpickler = _SafeUnpickler
-    load = pickle.load
-    __name__ = "segnext_geo_safe_pickle"
+    Raises:
+        CheckpointError: missing, a directory, empty, or a recognisably different kind of file
+            (a TIFF, PNG, GeoPackage, HTML page ...), named in the message.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory, not a checkpoint file")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{p}: checkpoint file is empty (0 bytes)")
+    with open(p, "rb") as f:
+        head = f.read(64)
+        f.seek(max(0, size - len(JITTOR_MARKER)))
+        tail = f.read()
+    if head.startswith(b"PK\x03\x04"):
+        return "pytorch"
+    if _is_legacy_torch(head):
+        return "pytorch"
+    if tail == JITTOR_MARKER or head[:1] == b"\x80":
+        return "jittor"
+    for magic, what in _NOT_CHECKPOINTS:
+        if head.lstrip().startswith(magic):
+            raise CheckpointError(f"{p}: is {what}, not a model checkpoint")
+    return "pytorch"  # torch.load says what is wrong
 
 
 def _torch_load(path: Path) -> Any:
@@ -107,18 +126,19 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # extra Python objects in the metadata: fall back to the stubbing unpickler
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SafePickleModule)
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=MetadataPickleModule)
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """Read a checkpoint file without executing code in it; clear errors for bad files."""
+    """Read a PyTorch or Jittor checkpoint file without executing code in it; clear errors for bad files.
+
+    PyTorch files are read with ``weights_only=True`` (metadata holding other objects: with
+    :class:`~segnext_geo.models.safe_pickle.MetadataUnpickler`); Jittor pickles with
+    :func:`~segnext_geo.models.jittor.read_jittor` (numpy arrays only, SHA-1 trailer verified).
+    """
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint not found")
-    if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory, not a checkpoint file")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: checkpoint file is empty")
+    if file_format(p) == "jittor":
+        return read_jittor(p)
     try:
         return _torch_load(p)
     except Exception as e:  # any failure to unpickle means the file is not a usable checkpoint
@@ -153,16 +173,21 @@ def _strip_wrappers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def detect_family(sd: Mapping[str, Tensor], container: Mapping[str, Any] | None = None) -> str:
-    """One of ``segnext-geo``, ``official``, ``mmseg``, ``mscan-imagenet`` or ``unknown``."""
+    """One of ``segnext-geo``, ``official``, ``mmseg``, ``mscan-imagenet`` or ``unknown``.
+
+    ``mscan-imagenet`` is a backbone without a decoder: bare MSCAN keys (``patch_embed1.*``,
+    often with an ImageNet ``head.*``), or ``backbone.*`` keys without any ``decode_head.*``.
+    """
     if container and (META_KEY in container or META_KEY in (container.get("hyper_parameters") or {})):
         return "segnext-geo"
     keys = list(sd)
     has_prefix = any(k.startswith("backbone.") for k in keys)
+    has_head = any(k.startswith("decode_head.") for k in keys)
     bare = any(k.startswith(("patch_embed1.", "block1.")) for k in keys)
     official_dw = any(".mlp.dwconv.dwconv." in k for k in keys)
-    if has_prefix:
+    if has_prefix and has_head:
         return "official" if official_dw else "mmseg"
-    if bare:
+    if bare or has_prefix:
         return "mscan-imagenet"
     return "unknown"
 
@@ -194,7 +219,8 @@ def filter_state_dict(sd: Mapping[str, Tensor], family: str) -> dict[str, Tensor
         if family == "mscan-imagenet":
             if k.startswith("head."):
                 continue
-            k = "backbone." + k
+            if not k.startswith("backbone."):
+                k = "backbone." + k
         out[k.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")] = v
     return out
 
@@ -252,20 +278,43 @@ def _mmseg_dataset_meta(container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class LoadedCheckpoint:
-    """What :func:`inspect_checkpoint` found: family, variant, classes and the mapped weights."""
+    """What :func:`inspect_checkpoint` found: file, format, family, the mapped weights and metadata.
 
-    def __init__(self, path: Path, family: str, state_dict: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    ``weights`` is the catalogue entry the file belongs to (by name, URL or cache file name), if any.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        family: str,
+        state_dict: dict[str, Tensor],
+        meta: dict[str, Any],
+        format: str = "pytorch",
+        weights: Weights | None = None,
+    ) -> None:
         self.path = path
         self.family = family
         self.state_dict = state_dict
         self.meta = meta
+        self.format = format
+        self.weights = weights
+
+    @property
+    def head_conv_bias(self) -> bool:
+        """The file has biases on the three GroupNorm'd head convs (JSeg code of Sept 2022)."""
+        return all(k in self.state_dict for k in HEAD_BIAS_KEYS)
 
 
-def inspect_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a file, detect its family and map its weights to this implementation's names."""
+def inspect_file(path: str | Path, weights: Weights | None = None) -> LoadedCheckpoint:
+    """Read one local file (PyTorch or Jittor), detect its family and map its weights to this implementation's names.
+
+    ``weights``: the catalogue entry the file is meant to be; its classes, palette, NMF rank and
+    normalisation go into ``meta`` (files of the same family only).
+    """
     p = Path(path)
+    fmt = file_format(p)
     obj = read_checkpoint(p)
-    raw, container = _extract_state_dict(obj, p)
+    raw, container = jittor_state_dict(obj, p) if fmt == "jittor" else _extract_state_dict(obj, p)
     sd = _strip_wrappers(raw)
     family = detect_family(sd, container)
     if family == "unknown":
@@ -278,7 +327,25 @@ def inspect_checkpoint(path: str | Path) -> LoadedCheckpoint:
         sd = filter_state_dict(sd, inner)
     else:
         sd = filter_state_dict(sd, family)
-    return LoadedCheckpoint(p, family, sd, meta)
+    if fmt == "jittor":
+        fill_num_batches_tracked(sd)  # Jittor's BatchNorm has none; unused in eval
+    if weights is not None and family == weights.family:
+        meta.update(weights.model_meta())
+    elif weights is not None:
+        weights = None  # same file name, different content: not the catalogue's file
+    return LoadedCheckpoint(p, family, sd, meta, fmt, weights)
+
+
+def inspect_checkpoint(checkpoint: str | Path, progress: bool | None = None) -> LoadedCheckpoint:
+    """Resolve ``checkpoint`` (a file, a catalogue name such as ``segnext_t_isaid``, or a URL) and inspect it.
+
+    Names and URLs are downloaded into the cache on first use (see :mod:`segnext_geo.models.hub`);
+    ``progress`` shows a download bar (``None``: only on a terminal).
+    """
+    from .hub import resolve_checkpoint
+
+    path, weights = resolve_checkpoint(checkpoint, progress=progress)
+    return inspect_file(path, weights)
 
 
 def load_model(
@@ -287,17 +354,24 @@ def load_model(
     num_classes: int | None = None,
     **options: Any,
 ) -> SegNeXt:
-    """Build a SegNeXt from any supported checkpoint file, in eval mode.
+    """Build a SegNeXt from a checkpoint file, a catalogue name or a URL, in eval mode.
 
-    The variant and the number of classes are inferred from tensor shapes when
-    not given. The NMF rank defaults to the family's convention (official: 64 for
-    B/L; mmseg 1.x: 16; own files: as recorded) and ``nmf_rank=`` overrides it.
-    Other ``options`` are passed to :func:`build_model`. ``checkpoint`` may also be what
-    :func:`inspect_checkpoint` returned, so a file is read only once.
+    ``checkpoint`` is a path (PyTorch or Jittor file of any supported family), a name from
+    :func:`~segnext_geo.models.weights.list_weights` (``"segnext_t_isaid"``: downloaded and cached
+    on first use, with the catalogue's classes, palette and normalisation), an ``http(s)://`` or
+    ``file://`` URL, or what :func:`inspect_checkpoint` returned (so a file is read only once).
+
+    The variant and the number of classes are inferred from tensor shapes when not given. The NMF
+    rank defaults to what the catalogue or the file records, else the family's convention (official:
+    64 for B/L; mmseg 1.x: 16) and ``nmf_rank=`` overrides it. Files with biases on the three
+    GroupNorm'd head convs (JSeg, Sept 2022) get ``head_conv_bias=True``. Other ``options`` are
+    passed to :func:`build_model`.
 
     Raises:
         CheckpointError: unreadable file, unknown layout, or keys that do not fit
             (every missing, unexpected or mismatched key is named).
+        UserError: a name or URL that cannot be downloaded (one line naming the model, the URL,
+            the cache path and the ``segnext-geo models import`` command).
     """
     ck = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else inspect_checkpoint(checkpoint)
     p, sd, meta = ck.path, ck.state_dict, ck.meta
@@ -321,12 +395,14 @@ def load_model(
             raise CheckpointError(f"{p}: has {k_file} classes but {num_classes} were asked for")
         k = k_file
     if "nmf_rank" not in options or options["nmf_rank"] is None:
-        if ck.family == "official":
-            options["nmf_rank"] = HEAD_CONFIGS[v].nmf_rank_official
-        elif ck.family == "segnext-geo" and meta.get("nmf_rank"):
+        if meta.get("nmf_rank"):
             options["nmf_rank"] = int(meta["nmf_rank"])
+        elif ck.family == "official":
+            options["nmf_rank"] = HEAD_CONFIGS[v].nmf_rank_official
         else:
             options["nmf_rank"] = HEAD_CONFIGS[v].nmf_rank_mmseg
+    if ck.head_conv_bias and ck.family != "mscan-imagenet":
+        options.setdefault("head_conv_bias", True)
     meta_fields = {key: meta[key] for key in ("class_names", "palette", "mean", "std", "bands", "extra") if key in meta}
     if "class_names" in meta_fields and len(meta_fields["class_names"]) != k:
         meta_fields.pop("class_names")
@@ -349,24 +425,31 @@ def load_model(
     return model.eval()
 
 
-def describe_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Summary of a checkpoint: family, variant, classes, parameter count, NMF rank, bands."""
-    ck = inspect_checkpoint(path)
-    model = load_model(ck, num_classes=150 if ck.family == "mscan-imagenet" else None)
+def describe_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """Summary of a checkpoint (file, catalogue name or URL): family, variant, classes, parameters, NMF rank, bands.
+
+    For catalogue weights also ``weights`` (the entry as a dict).
+    """
+    ck = inspect_checkpoint(checkpoint)
+    backbone_only = ck.family == "mscan-imagenet"
+    model = load_model(ck, num_classes=150 if backbone_only else None)
     backbone = sum(p.numel() for p in model.backbone.parameters())
     return {
         "path": str(ck.path),
+        "format": ck.format,
         "family": ck.family,
         "variant": model.meta.variant,
-        "num_classes": model.num_classes if ck.family != "mscan-imagenet" else None,
-        "class_names": model.meta.class_names if ck.family != "mscan-imagenet" else [],
-        "parameters": sum(p.numel() for p in model.parameters()) if ck.family != "mscan-imagenet" else backbone,
+        "num_classes": None if backbone_only else model.num_classes,
+        "class_names": [] if backbone_only else model.meta.class_names,
+        "parameters": backbone if backbone_only else sum(p.numel() for p in model.parameters()),
         "backbone_parameters": backbone,
         "nmf_rank": model.nmf.rank,
+        "head_conv_bias": ck.head_conv_bias,
         "bands": list(model.meta.bands),
         "mean": list(model.meta.mean),
         "std": list(model.meta.std),
         "tensors": len(ck.state_dict),
+        "weights": ck.weights.to_dict() if ck.weights is not None else None,
     }
 
 

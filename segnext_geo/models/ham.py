@@ -14,6 +14,12 @@ the RNG state and on how images were batched. :class:`NMF2D` offers:
   it equals the reference run right after ``torch.manual_seed(0)``.
 - ``init="reference"``: the reference's exact RNG use (global generator, one draw
   of shape (B*S, D, R) per forward, moved to the input's device).
+
+``train_init`` chooses the bases in training mode separately (default: ``init``).
+Training as the paper does is ``train_init="reference"`` with the default
+``init``: new random bases on every training forward (drawn from the global CPU
+generator, so seeding and checkpointed RNG state reproduce them), the
+deterministic bases in eval.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class NMF2D(nn.Module):
         train_steps: multiplicative updates in training mode (6).
         eval_steps: multiplicative updates in eval mode (7).
         init: ``"deterministic"`` or ``"reference"`` bases (see the module docstring).
+        train_init: the bases in training mode; ``None`` = ``init``.
         seed: seed of the deterministic bases.
         grad: ``"full"`` backpropagates through every iteration (as the reference);
             ``"one_step"`` runs the loop without gradient (HamNet's one-step trick).
@@ -54,10 +61,12 @@ class NMF2D(nn.Module):
         init: NMFInit = "deterministic",
         seed: int = 0,
         grad: NMFGrad = "full",
+        train_init: NMFInit | None = None,
     ) -> None:
         super().__init__()
-        if init not in ("deterministic", "reference"):
-            raise ValueError(f"nmf_init must be 'deterministic' or 'reference', not {init!r}")
+        for value in (init, train_init if train_init is not None else init):
+            if value not in ("deterministic", "reference"):
+                raise ValueError(f"nmf_init must be 'deterministic' or 'reference', not {value!r}")
         if grad not in ("full", "one_step"):
             raise ValueError(f"nmf_grad must be 'full' or 'one_step', not {grad!r}")
         self.rank = int(rank)
@@ -65,6 +74,7 @@ class NMF2D(nn.Module):
         self.train_steps = int(train_steps)
         self.eval_steps = int(eval_steps)
         self.init = init
+        self.train_init: NMFInit = train_init if train_init is not None else init
         self.seed = int(seed)
         self.grad = grad
         self.inv_t = 1.0  # NMF2D forces inv_t = 1 whatever the config says.
@@ -73,15 +83,17 @@ class NMF2D(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"rank={self.rank}, S={self.spatial_groups}, steps={self.train_steps}/{self.eval_steps}, "
-            f"init={self.init!r}, seed={self.seed}, grad={self.grad!r}"
+            f"init={self.init!r}, train_init={self.train_init!r}, seed={self.seed}, grad={self.grad!r}"
         )
 
     def initial_bases(self, batch: int, dim: int, device: torch.device) -> Tensor:
-        """Initial bases ``(batch * S, D, R)``, float32, unit L2 norm along D."""
+        """Initial bases ``(batch * S, D, R)``, float32, unit L2 norm along D (``train_init`` in training mode)."""
         s, r = self.spatial_groups, self.rank
-        if self.init == "reference":
-            bases = torch.rand((batch * s, dim, r)).to(device)
-            return F.normalize(bases, dim=1)
+        if (self.train_init if self.training else self.init) == "reference":
+            bases = torch.rand((batch * s, dim, r))  # the global CPU generator, as the reference
+            if device.type == "cuda":  # same values; a pinned copy does not stall the host
+                return F.normalize(bases.pin_memory().to(device, non_blocking=True), dim=1)
+            return F.normalize(bases.to(device), dim=1)
         key = (int(dim), r, str(device))  # int(): under tracing dim is a tensor
         cached = self._bases_cache.get(key)
         if cached is None:
@@ -131,12 +143,15 @@ class NMF2D(nn.Module):
 class ConvModule(nn.Module):
     """1x1 conv, optional GroupNorm(32) and optional ReLU, with mmcv key names.
 
-    The conv has a bias only when there is no norm (mmcv ``bias="auto"``).
+    By default the conv has a bias only when there is no norm (mmcv ``bias="auto"``);
+    ``bias=True`` forces one (JSeg code of Sept 2022 built its GroupNorm'd head convs so).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool, act: bool, groups: int = 32) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: bool, act: bool, groups: int = 32, bias: bool | None = None
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=not norm)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=(not norm) if bias is None else bias)
         self.gn = nn.GroupNorm(groups, out_channels) if norm else None
         self.act = nn.ReLU() if act else None
 
@@ -152,11 +167,11 @@ class ConvModule(nn.Module):
 class Hamburger(nn.Module):
     """``ReLU(x + ham_out(NMF(ReLU(ham_in(x)))))``, shape-preserving ``(B, C, H, W)``."""
 
-    def __init__(self, channels: int, nmf: NMF2D) -> None:
+    def __init__(self, channels: int, nmf: NMF2D, conv_bias: bool = False) -> None:
         super().__init__()
         self.ham_in = ConvModule(channels, channels, norm=False, act=False)
         self.ham = nmf
-        self.ham_out = ConvModule(channels, channels, norm=True, act=False)
+        self.ham_out = ConvModule(channels, channels, norm=True, act=False, bias=conv_bias or None)
 
     def forward(self, x: Tensor) -> Tensor:
         enjoy = F.relu(self.ham_in(x))
@@ -172,6 +187,10 @@ class LightHamHead(nn.Module):
     ``channels`` and classifies.
 
     ``forward``: list of 4 encoder maps -> logits ``(N, num_classes, H/8, W/8)``.
+
+    ``conv_bias=True`` gives exactly the three GroupNorm'd convs (``squeeze``, ``hamburger.ham_out``,
+    ``align``) a bias, as JSeg's head of Sept 2022 had (a bias before GroupNorm(32) changes the
+    output and cannot be folded away).
     """
 
     def __init__(
@@ -183,13 +202,16 @@ class LightHamHead(nn.Module):
         nmf: NMF2D | None = None,
         in_index: Sequence[int] = (1, 2, 3),
         dropout_ratio: float = 0.1,
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         self.in_index = tuple(in_index)
         self.num_classes = num_classes
-        self.squeeze = ConvModule(sum(in_channels), ham_channels, norm=True, act=True)
-        self.hamburger = Hamburger(ham_channels, nmf if nmf is not None else NMF2D())
-        self.align = ConvModule(ham_channels, channels, norm=True, act=True)
+        self.conv_bias = bool(conv_bias)
+        bias = True if conv_bias else None
+        self.squeeze = ConvModule(sum(in_channels), ham_channels, norm=True, act=True, bias=bias)
+        self.hamburger = Hamburger(ham_channels, nmf if nmf is not None else NMF2D(), conv_bias=self.conv_bias)
+        self.align = ConvModule(ham_channels, channels, norm=True, act=True, bias=bias)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self.init_weights()

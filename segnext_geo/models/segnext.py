@@ -13,7 +13,14 @@ from .ham import NMF2D, LightHamHead
 from .meta import ModelMeta
 from .mscan import MSCAN, MSCAN_CONFIGS
 
-__all__ = ["HEAD_CONFIGS", "VARIANTS", "HeadConfig", "SegNeXt", "build_model", "canonical_variant"]
+__all__ = ["HEAD_BIAS_KEYS", "HEAD_CONFIGS", "VARIANTS", "HeadConfig", "SegNeXt", "build_model", "canonical_variant"]
+
+#: The biases of the three GroupNorm'd head convs that JSeg code of Sept 2022 had (``head_conv_bias=True``).
+HEAD_BIAS_KEYS: tuple[str, ...] = (
+    "decode_head.squeeze.conv.bias",
+    "decode_head.hamburger.ham_out.conv.bias",
+    "decode_head.align.conv.bias",
+)
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,13 @@ def build_model(variant: str, num_classes: int, **options: Any) -> SegNeXt:
         num_classes: K, the number of output classes.
         **options:
             ``nmf_rank`` (default: the official repo's 16 for T/S, 64 for B/L),
-            ``nmf_init`` (``"deterministic"`` | ``"reference"``), ``nmf_seed`` (0),
+            ``nmf_init`` (``"deterministic"`` | ``"reference"``), ``nmf_train_init`` (the bases in
+            training mode; default ``nmf_init``), ``nmf_seed`` (0),
             ``nmf_grad`` (``"full"`` | ``"one_step"``), ``nmf_train_steps`` (6),
             ``nmf_eval_steps`` (7), ``drop_path_rate`` (variant default),
-            ``dropout_ratio`` (0.1), ``in_channels`` (3), ``batch_invariant`` (True), ``meta`` (:class:`ModelMeta`)
+            ``dropout_ratio`` (0.1), ``in_channels`` (3), ``batch_invariant`` (True),
+            ``head_conv_bias`` (False: a bias on the three GroupNorm'd head convs, as JSeg's
+            Sept 2022 head; see :data:`HEAD_BIAS_KEYS`), ``meta`` (:class:`ModelMeta`)
             or the ModelMeta fields ``class_names``, ``palette``, ``mean``, ``std``, ``bands``.
     """
     v = canonical_variant(variant)
@@ -130,6 +140,7 @@ def build_model(variant: str, num_classes: int, **options: Any) -> SegNeXt:
         init=opts.pop("nmf_init", "deterministic"),
         seed=int(opts.pop("nmf_seed", 0)),
         grad=opts.pop("nmf_grad", "full"),
+        train_init=opts.pop("nmf_train_init", None),
     )
     in_channels = int(opts.pop("in_channels", 3))
     batch_invariant = bool(opts.pop("batch_invariant", True))
@@ -147,6 +158,7 @@ def build_model(variant: str, num_classes: int, **options: Any) -> SegNeXt:
         channels=head_cfg.channels,
         nmf=nmf,
         dropout_ratio=float(opts.pop("dropout_ratio", 0.1)),
+        conv_bias=bool(opts.pop("head_conv_bias", False)),
     )
     meta = opts.pop("meta", None)
     meta_fields = {k: opts.pop(k) for k in list(opts) if k in ModelMeta.__dataclass_fields__}

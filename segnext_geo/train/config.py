@@ -19,9 +19,11 @@ from typing import Any
 
 import yaml
 
+from ..data.section import DataSection
 from ..errors import UserError
 
 __all__ = [
+    "AUTO_CHECKPOINT_INTERVAL",
     "Config",
     "DataSection",
     "EvalSection",
@@ -35,57 +37,20 @@ __all__ = [
 
 @dataclass
 class ModelSection:
-    """The network. ``drop_path_rate``/``nmf_rank`` ``None`` keep the variant's defaults."""
+    """The network. ``drop_path_rate``/``nmf_rank`` ``None`` keep the variant's defaults.
+
+    ``nmf_init`` is the NMF bases in training: ``reference`` (new random bases on every
+    training forward, as the paper's ``rand_init``; drawn from the global torch RNG, which
+    checkpoints carry, so ``--resume`` stays exact) or ``deterministic`` (one fixed set).
+    Validation, ``evaluate`` and ``predict`` always use the deterministic bases.
+    """
 
     variant: str = "segnext_t"
     drop_path_rate: float | None = None
+    nmf_init: str = "reference"
     nmf_grad: str = "full"
     nmf_rank: int | None = None
     pretrained: str | None = None
-
-
-@dataclass
-class DataSection:
-    """Dataset, band/normalisation choice, loader sizes and the augmentation pipeline.
-
-    ``dataset``: ``isaid`` (prepared patches under ``root``), ``geotiff`` (image and
-    label rasters), ``synthetic`` (download-free shapes) or a torchgeo dataset name
-    (``LoveDA``, ``Potsdam2D`` …, read from ``root``; ``options`` go to its constructor).
-    ``batch_size`` is the total per optimiser step, split over devices, nodes and
-    gradient-accumulation steps. Sizes are pixels; ``crop_size`` is ``[h, w]`` and
-    ``img_scale`` is the ``[long, short]`` side bound of the keep-ratio resize.
-    """
-
-    dataset: str = "isaid"
-    root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    options: dict[str, Any] = field(default_factory=dict)
-    class_names: list[str] | None = None
-    palette: list[list[int]] | None = None
-    bands: list[int] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    ignore_index: int = 255
-    batch_size: int = 16
-    val_batch_size: int = 1
-    num_workers: int = 4
-    img_scale: list[int] = field(default_factory=lambda: [896, 896])
-    ratio_range: list[float] | None = field(default_factory=lambda: [0.5, 2.0])
-    crop_size: list[int] = field(default_factory=lambda: [896, 896])
-    cat_max_ratio: float = 0.75
-    flip_prob: float = 0.5
-    photometric: bool = True
-    test_scale: list[int] | None = field(default_factory=lambda: [896, 896])
-    train_images: str | list[str] | None = None
-    train_labels: str | list[str] | None = None
-    val_images: str | list[str] | None = None
-    val_labels: str | list[str] | None = None
-    image_glob: str = "*.tif"
-    label_glob: str = "*.tif"
-    chip_size: int | None = None
-    samples_per_epoch: int = 1000
-    val_stride: int | None = None
 
 
 @dataclass
@@ -116,18 +81,25 @@ class ScheduleSection:
     style: str = "official"
 
 
+#: ``trainer.checkpoint_interval: auto`` on runs whose validation is rarer than this many steps.
+AUTO_CHECKPOINT_INTERVAL = 2000
+
+
 @dataclass
 class TrainerSection:
     """Lightning settings. Intervals are in optimiser steps; validation also runs after the last step.
 
-    ``last.ckpt`` is written after every validation, or every ``checkpoint_interval``
-    steps when that is set; ``best.ckpt`` holds the highest val mIoU.
+    ``last.ckpt`` is written after every validation and, with ``checkpoint_interval``
+    N, also every N steps (``auto``: every 2000 steps when validation is rarer than
+    that, so a crash loses at most ~2000 steps; ``null``: at validation only).
+    ``best.ckpt`` holds the highest val mIoU. On CUDA, cuDNN's autotuner
+    (``cudnn.benchmark``) is on unless ``deterministic``.
     """
 
     out_dir: str = "runs/segnext"
     val_interval: int = 8000
     log_interval: int = 50
-    checkpoint_interval: int | None = None
+    checkpoint_interval: int | str | None = "auto"
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
@@ -167,6 +139,14 @@ class Config:
         d.pop("source")
         return d
 
+    def checkpoint_every(self) -> int | None:
+        """Steps between periodic ``last.ckpt`` writes (``trainer.checkpoint_interval`` resolved), or ``None``."""
+        ci = self.trainer.checkpoint_interval
+        if ci == "auto":
+            long_run = min(self.trainer.val_interval, self.schedule.iters) > AUTO_CHECKPOINT_INTERVAL
+            return AUTO_CHECKPOINT_INTERVAL if long_run else None
+        return ci if isinstance(ci, int) else None
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -181,6 +161,7 @@ _PAIRS = {
     "eval.stride",
 }
 _CHOICES = {
+    "model.nmf_init": ("reference", "deterministic"),
     "model.nmf_grad": ("full", "one_step"),
     "schedule.style": ("official", "mmseg1"),
     "eval.mode": ("whole", "slide"),
@@ -368,7 +349,6 @@ def _validate(cfg: Config) -> None:
         "schedule.iters": cfg.schedule.iters,
         "trainer.val_interval": cfg.trainer.val_interval,
         "trainer.log_interval": cfg.trainer.log_interval,
-        "trainer.checkpoint_interval": cfg.trainer.checkpoint_interval or 1,
         "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
         "trainer.num_nodes": cfg.trainer.num_nodes,
         "data.samples_per_epoch": cfg.data.samples_per_epoch,
@@ -376,6 +356,8 @@ def _validate(cfg: Config) -> None:
     for key, v in positive.items():
         if v < 1:
             raise _Invalid(key, f"must be >= 1, got {v}")
+    if cfg.data.test_size_divisor is not None and cfg.data.test_size_divisor < 1:
+        raise _Invalid("data.test_size_divisor", f"must be >= 1 or null, got {cfg.data.test_size_divisor}")
     if cfg.data.num_workers < 0:
         raise _Invalid("data.num_workers", f"must be >= 0, got {cfg.data.num_workers}")
     if cfg.optim.lr <= 0:
@@ -401,6 +383,11 @@ def _validate(cfg: Config) -> None:
         raise _Invalid("data.std", "values must be > 0")
     if isinstance(cfg.trainer.devices, str) and cfg.trainer.devices != "auto":
         raise _Invalid("trainer.devices", f"must be a number or 'auto', got {cfg.trainer.devices!r}")
+    ci = cfg.trainer.checkpoint_interval
+    if isinstance(ci, str) and ci != "auto":
+        raise _Invalid("trainer.checkpoint_interval", f"must be a number of steps, auto or null, got {ci!r}")
+    if isinstance(ci, int) and ci < 1:
+        raise _Invalid("trainer.checkpoint_interval", f"must be >= 1, got {ci}")
     for key in ("sync_bn", "tensorboard"):
         v = getattr(cfg.trainer, key)
         if isinstance(v, str) and v != "auto":

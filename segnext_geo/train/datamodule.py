@@ -44,7 +44,7 @@ class SegDataModule(pl.LightningDataModule):
             ignore_index=d.ignore_index,
         )
         self.eval_pipeline = EvalPipeline(
-            bundle.mean, bundle.std, (d.test_scale[0], d.test_scale[1]) if d.test_scale else None
+            bundle.mean, bundle.std, (d.test_scale[0], d.test_scale[1]) if d.test_scale else None, d.test_size_divisor
         )
 
     def _dataset(self, role: str) -> tuple[SegSource, SegDataset]:

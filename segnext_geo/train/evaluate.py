@@ -100,6 +100,19 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _checkpoint_name(checkpoint: str | Path) -> str:
+    """The last part of a file path, URL or catalogue name (``best.ckpt``, ``segnext_t_isaid``)."""
+    return str(checkpoint).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "checkpoint"
+
+
+def _default_out(checkpoint: str | Path, split: str, mode: str) -> Path:
+    """``eval_{split}_{mode}.json`` next to a checkpoint file, else ``eval_{name}_…`` in the current folder."""
+    if Path(checkpoint).is_file():
+        return Path(checkpoint).parent / f"eval_{split}_{mode}.json"
+    stem = _checkpoint_name(checkpoint).split(".", 1)[0]
+    return Path(f"eval_{stem}_{split}_{mode}.json")
+
+
 def evaluate(
     config: str | Path | None,
     checkpoint: str | Path,
@@ -113,9 +126,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the validation split of ``config`` and write ``out`` (JSON) and its PNG.
 
-    ``mode``/``split`` override ``eval.mode``/``data.val_split``. ``out`` defaults
-    to ``eval_{split}_{mode}.json`` next to the checkpoint; the bar chart goes to
-    the same name with ``.png``. Normalisation and bands come from the checkpoint.
+    ``checkpoint`` is whatever :func:`~segnext_geo.models.load_model` takes (a file, or
+    a catalogue name or URL where the model code offers them); it is passed on as
+    given. ``mode``/``split`` override ``eval.mode``/``data.val_split``. ``out``
+    defaults to ``eval_{split}_{mode}.json`` next to a checkpoint file, or to
+    ``eval_{name}_{split}_{mode}.json`` in the current folder for a name or URL; the
+    bar chart goes to the same name with ``.png``. Normalisation and bands come from
+    the checkpoint; the test-time resize from the config (``data.test_scale``,
+    ``data.test_size_divisor``).
 
     Returns:
         The metrics dict (``mIoU``, ``mAcc``, ``aAcc``, ``per_class``,
@@ -142,8 +160,7 @@ def evaluate(
     if split is not None:
         sets.append(f"data.val_split={split}")
     cfg = load_config(config, sets)
-    ckpt = Path(checkpoint)
-    json_path = Path(out) if out is not None else ckpt.parent / f"eval_{cfg.data.val_split}_{cfg.eval.mode}.json"
+    json_path = Path(out) if out is not None else _default_out(checkpoint, cfg.data.val_split, cfg.eval.mode)
     png_path = json_path.with_suffix(".png")
     for p in (json_path, png_path):
         if p.exists() and not overwrite:
@@ -151,11 +168,11 @@ def evaluate(
     if not json_path.parent.is_dir():
         raise UserError(f"{json_path.parent}: output folder does not exist")
 
-    model = load_model(ckpt)
+    model = load_model(str(checkpoint))  # a file, or a name/URL for load_model to resolve: never coerced to a Path
     bundle = build_data(cfg.data, roles=("val",))
     if model.num_classes != bundle.num_classes:
         raise UserError(
-            f"{ckpt}: has {model.num_classes} classes but dataset {bundle.dataset} ({cfg.source}) has "
+            f"{checkpoint}: has {model.num_classes} classes but dataset {bundle.dataset} ({cfg.source}) has "
             f"{bundle.num_classes}"
         )
     from ..inference import InferenceRunner
@@ -163,7 +180,7 @@ def evaluate(
     runner = InferenceRunner(model, device, precision="fp32", deterministic=True)  # the one eval forward
     meta = model.meta
     scale = (int(cfg.data.test_scale[0]), int(cfg.data.test_scale[1])) if cfg.data.test_scale else None
-    pipeline = EvalPipeline(meta.mean, meta.std, scale)
+    pipeline = EvalPipeline(meta.mean, meta.std, scale, cfg.data.test_size_divisor)
     source = bundle.sources["val"]
     ds = SegDataset(source, pipeline, model.num_classes, meta.bands, ignore_index=cfg.data.ignore_index)
     sampler = EpochSampler(lambda e: epoch_keys(source, e, 0), len(source), shuffle=False, even=False)
@@ -186,10 +203,12 @@ def evaluate(
         n += mask.shape[0]
     metrics = metrics_from_confusion(conf, meta.class_names)
     result = {
-        "checkpoint": str(ckpt),
+        "checkpoint": str(checkpoint),
         "dataset": bundle.dataset,
         "split": cfg.data.val_split,
         "mode": cfg.eval.mode,
+        "test_scale": cfg.data.test_scale,
+        "test_size_divisor": cfg.data.test_size_divisor,
         "images": n,
         **metrics,
         "json": str(json_path),
@@ -198,7 +217,8 @@ def evaluate(
     tmp = json_path.with_name(f".{json_path.name}.tmp")
     try:
         tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False))
-        plot_per_class(metrics, png_path, title=f"{ckpt.name} on {bundle.dataset} {cfg.data.val_split}")
+        title = f"{_checkpoint_name(checkpoint)} on {bundle.dataset} {cfg.data.val_split}"
+        plot_per_class(metrics, png_path, title=title)
         tmp.replace(json_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,10 +19,13 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .config import Config
+
+if TYPE_CHECKING:
+    from ..data.build import DataBundle
 
 __all__ = ["RUN_FILES", "TrainResult", "train", "train_from_config"]
 
@@ -121,10 +124,16 @@ def _unwrap_worker_error(e: BaseException) -> UserError | None:
     return e if isinstance(e, UserError) else None
 
 
+def _cudnn_benchmark(deterministic: bool, gpu: bool) -> bool | None:
+    """``cudnn.benchmark`` for the Trainer: on for CUDA training (as mmseg), else left alone."""
+    return True if gpu and not deterministic else None
+
+
 def _build_model(cfg: Config, bundle: Any) -> Any:
     from ..models import build_model
 
     options: dict[str, Any] = {
+        "nmf_train_init": cfg.model.nmf_init,  # eval keeps the deterministic bases
         "nmf_grad": cfg.model.nmf_grad,
         "in_channels": bundle.in_channels,
         "class_names": bundle.class_names,
@@ -143,6 +152,7 @@ def _build_model(cfg: Config, bundle: Any) -> Any:
             "dataset": bundle.dataset,
             "ignore_index": cfg.data.ignore_index,
             "test_scale": cfg.data.test_scale,
+            "test_size_divisor": cfg.data.test_size_divisor,
             "eval": {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride},
         }
     )
@@ -155,11 +165,16 @@ def train(
     overwrite: bool = False,
     callbacks: list[Any] | None = None,
     progress: bool | None = None,
+    data: DataBundle | None = None,
 ) -> TrainResult:
     """Train SegNeXt as ``cfg`` says; ``resume`` continues a run exactly from a ``.ckpt``.
 
     ``callbacks`` are extra Lightning callbacks. ``progress`` overrides
-    ``trainer.progress_bar``.
+    ``trainer.progress_bar``. ``data`` replaces what ``cfg.data`` would open
+    (:func:`~segnext_geo.data.build.build_data`) with sources built in code, e.g. a
+    spatial hold-out of the same scenes (its ``train`` and ``val`` sources, classes,
+    palette, bands and normalisation); ``cfg.data`` still gives the loader sizes and
+    the augmentation.
 
     Raises:
         UserError: bad dataset, existing run folder (without ``resume``/``overwrite``),
@@ -182,11 +197,14 @@ def train(
     from .callbacks import TrainingCurve, ValidateAtEnd
     from .datamodule import SegDataModule
     from .module import SegNeXtModule
-    from .pretrained import init_from_pretrained
+    from .pretrained import init_from_pretrained, warn_if_from_scratch
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIPS)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    bundle = build_data(cfg.data, roles=("train", "val"))
+    bundle = data if data is not None else build_data(cfg.data, roles=("train", "val"))
+    missing = [role for role in ("train", "val") if role not in bundle.sources]
+    if missing:
+        raise UserError(f"data: no {' or '.join(missing)} source given")
     if resume_path is not None:
         _check_resume(resume_path, bundle.num_classes)
     model = _build_model(cfg, bundle)
@@ -208,7 +226,7 @@ def train(
         loggers.append(TensorBoardLogger(str(out_dir), name="tb"))
     accum = t.accumulate_grad_batches
     curve = TrainingCurve(out_dir, cfg, t.log_interval)
-    # best: highest val mIoU; last: after every validation (or every trainer.checkpoint_interval steps)
+    # best: highest val mIoU; last: after every validation and every trainer.checkpoint_interval steps
     best_cb = ModelCheckpoint(
         dirpath=str(out_dir),
         filename="best",
@@ -218,14 +236,18 @@ def train(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    last_cb = ModelCheckpoint(
-        dirpath=str(out_dir),
-        filename="last",
-        save_top_k=1,
-        every_n_train_steps=t.checkpoint_interval,
-        enable_version_counter=False,
-    )
-    cbs: list[Any] = [best_cb, last_cb, curve, ValidateAtEnd(), *(callbacks or [])]
+    every = cfg.checkpoint_every()
+    last_cbs = [
+        ModelCheckpoint(
+            dirpath=str(out_dir),
+            filename="last",
+            save_top_k=1,
+            every_n_train_steps=n,  # None: after every validation
+            enable_version_counter=False,
+        )
+        for n in ([None, every] if every else [None])
+    ]
+    cbs: list[Any] = [best_cb, *last_cbs, curve, ValidateAtEnd(), *(callbacks or [])]
     show_progress = t.progress_bar if progress is None else progress
     if show_progress:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, min(t.log_interval, 20))))
@@ -245,6 +267,7 @@ def train(
             # applied by Lightning only when distributed; "auto" = on with GPUs (torch has no CPU SyncBatchNorm)
             sync_batchnorm=sync_bn if sync_bn is not None else gpu,
             deterministic=t.deterministic,
+            benchmark=_cudnn_benchmark(t.deterministic, gpu),
             use_distributed_sampler=False,
             num_sanity_val_steps=1,
             logger=loggers,
@@ -263,6 +286,8 @@ def train(
             f"{accum} accumulation step(s)"
         )
     datamodule = SegDataModule(cfg, bundle, cfg.data.batch_size // share)
+    if resume_path is None and trainer.is_global_zero:
+        warn_if_from_scratch(cfg)  # once every check passed, right before training starts
     try:
         with warnings.catch_warnings():
             for pattern in _EXPECTED_WARNINGS:
@@ -308,6 +333,8 @@ def train_from_config(
     if num_nodes is not None:
         sets.append(f"trainer.num_nodes={num_nodes}")
     cfg = load_config(config, sets)
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise UserError(f"model.pretrained={cfg.model.pretrained}: file not found")
+    if cfg.model.pretrained:
+        from .pretrained import fetch_pretrained
+
+        fetch_pretrained(cfg.model.pretrained)  # a file, or a name/URL downloaded now, before the run starts
     return train(cfg, resume=resume, overwrite=overwrite, progress=progress)

@@ -15,15 +15,20 @@ __all__ = ["Parts"]
 class Parts:
     """``n`` polygons in pixel coordinates (col, row of pixel corners).
 
-    ``pixels`` counts each polygon's pixels and ``conf_sum`` sums their confidence (0-1), so
-    the mean confidence of a polygon merged from several parts is ``sum(conf_sum) / sum(pixels)``.
-    ``conf_sum`` is ``None`` when no probabilities were given.
+    ``key`` is each polygon's first pixel in row-major order (:func:`.canonical.first_pixel_keys`),
+    the order in which polygons are simplified and written. ``pixels`` counts each polygon's
+    pixels and ``conf_sum`` sums their confidence as integers in quanta of the probability
+    raster (:attr:`.source.ProbsSource.quantum`), so sums over pieces are exact whatever the
+    blocks, and the mean confidence of a merged polygon is ``sum(conf_sum) * quantum /
+    sum(pixels)``; -1 marks an unknown confidence (a pixel without one). ``conf_sum`` is
+    ``None`` when no probabilities were given.
     """
 
     geoms: NDArray[np.object_]
     class_id: NDArray[np.int32]
     pixels: NDArray[np.int64]
-    conf_sum: NDArray[np.float64] | None = None
+    key: NDArray[np.int64]
+    conf_sum: NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -34,7 +39,8 @@ class Parts:
             geoms=np.empty(0, dtype=object),
             class_id=np.empty(0, np.int32),
             pixels=np.empty(0, np.int64),
-            conf_sum=np.empty(0, np.float64) if with_conf else None,
+            key=np.empty(0, np.int64),
+            conf_sum=np.empty(0, np.int64) if with_conf else None,
         )
 
     def take(self, idx: NDArray[np.bool_] | NDArray[np.intp]) -> Parts:
@@ -43,6 +49,7 @@ class Parts:
             geoms=self.geoms[idx],
             class_id=self.class_id[idx],
             pixels=self.pixels[idx],
+            key=self.key[idx],
             conf_sum=None if self.conf_sum is None else self.conf_sum[idx],
         )
 
@@ -56,5 +63,6 @@ class Parts:
             geoms=np.concatenate([p.geoms for p in items]),
             class_id=np.concatenate([p.class_id for p in items]),
             pixels=np.concatenate([p.pixels for p in items]),
+            key=np.concatenate([p.key for p in items]),
             conf_sum=np.concatenate([p.conf_sum for p in items]) if with_conf else None,
         )

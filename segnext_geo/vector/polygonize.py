@@ -32,6 +32,7 @@ from rasterio.windows import Window
 
 from ..errors import UserError
 from ..raster.source import read_validity
+from .canonical import first_pixel_keys
 from .parts import Parts
 from .postprocess import Finished, Finisher
 from .source import SHAPES_DTYPES, MaskSource, ProbsSource
@@ -167,6 +168,28 @@ def shapes_to_polygons(
     np.cumsum(rings_per_poly, out=poly_off[1:])
     geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, flat.reshape(-1, 2), (ring_off, poly_off))
     return np.asarray(geoms, dtype=object), np.asarray(values, np.float64).astype(np.int64), kept
+
+
+def _quantum_sums(
+    labels: NDArray[np.int32], conf: NDArray[np.float32], probs: ProbsSource, n: int
+) -> NDArray[np.int64]:
+    """Exact per-polygon sums of confidence in integer quanta (``(n,)``; -1 where a pixel has none).
+
+    ``labels`` ``(h, w)`` holds polygon ``k`` as ``k + 1`` (0 elsewhere); ``conf`` the raster's
+    own values (NaN where unknown). Values are split in 12-bit halves so every float64 sum
+    is exact, then combined as int64.
+    """
+    lab = labels.ravel()
+    c = conf.ravel()
+    unknown = np.isnan(c)
+    scaled = np.where(unknown, 0.0, c) / (probs.quantum if probs.is_float else 1.0)
+    q = np.rint(np.clip(scaled, -(2.0**40), 2.0**40)).astype(np.int64)  # garbage beyond 0-1 must not overflow
+    hi = np.bincount(lab, weights=q >> 12, minlength=n + 1)[1:]
+    lo = np.bincount(lab, weights=q & 4095, minlength=n + 1)[1:]
+    sums = (hi.astype(np.int64) << 12) + lo.astype(np.int64)
+    if unknown.any():
+        sums[np.bincount(lab, weights=unknown, minlength=n + 1)[1:] > 0] = -1
+    return sums
 
 
 def _runs_to_ids(
@@ -336,13 +359,10 @@ class BlockPolygonizer:
             labels = rasterize(
                 ((g, k + 1) for k, g in enumerate(geojson)), out_shape=(h, w), transform=tf, fill=0, dtype="int32"
             )
-            conf = self._confidence(a, valid, win)
-            # sums of raw values are exact in float64; scale once
-            conf_sum = (
-                np.bincount(labels.ravel(), weights=conf.ravel(), minlength=len(geojson) + 1)[1:] * job.probs.scale
-            )
-            del geojson, labels, conf
-        parts = Parts(geoms, values.astype(np.int32), np.rint(shapely.area(geoms)).astype(np.int64), conf_sum)
+            conf_sum = _quantum_sums(labels, self._confidence(a, valid, win), job.probs, len(geojson))
+            del geojson, labels
+        pixels = np.rint(shapely.area(geoms)).astype(np.int64)
+        parts = Parts(geoms, values.astype(np.int32), pixels, first_pixel_keys(geoms, grid.width), conf_sum)
 
         b = shapely.bounds(geoms)  # pixel-aligned: a bound on a block edge means pixels on it
         t_top = (b[:, 1] == r0) & seam_top

@@ -28,6 +28,7 @@ import shapely
 from numpy.typing import NDArray
 
 from .attributes import FeatureBatch, GeomArray, Meter
+from .canonical import canonical_polygons, drop_collinear
 from .noding import node_pixel_polygons
 from .parts import Parts
 
@@ -77,10 +78,15 @@ def fill_small_holes(
     for k, holes in kept.items():
         new_parts[with_holes[k]] = shapely.Polygon(exteriors[k], holes)
     out = geoms.copy()
+    united = []
     for o in np.unique(owner[with_holes[list(affected)]]):
         lo, hi = np.searchsorted(owner, [o, o + 1])
         # a filled hole of one part may cover another part of the same multipolygon: union them
         out[o] = new_parts[lo] if hi - lo == 1 else shapely.union_all(new_parts[lo:hi])
+        if hi - lo > 1:
+            united.append(o)
+    if united:
+        out[united] = drop_collinear(out[united])
     if find_leaky:
         leaky[_leaky_owners(geoms, rings[interior[small]], owner[with_holes[ring_part[interior[small]]]])] = True
     return out, hole_polys[small], leaky
@@ -127,10 +133,12 @@ def absorb(deferred: Parts, holes: GeomArray) -> tuple[Parts, int]:
         if np.setdiff1d(np.arange(len(pieces)), q[cover]).size:
             raise RuntimeError("vectorize: a polygon leaves a filled hole whose owner was not held (internal error)")
         geoms = deferred.geoms.copy()
-        for k in np.unique(j[cover]).tolist():
+        changed = np.unique(j[cover])
+        for k in changed.tolist():
             mine = parts[pieces[q[cover & (j == k)]]]
             geoms[k] = shapely.difference(geoms[k], shapely.union_all(mine))
-        deferred = Parts(geoms, deferred.class_id, deferred.pixels, deferred.conf_sum)
+        geoms[changed] = canonical_polygons(geoms[changed])
+        deferred = Parts(geoms, deferred.class_id, deferred.pixels, deferred.key, deferred.conf_sum)
     return deferred.take(~absorbed), int(absorbed.sum())
 
 
@@ -183,6 +191,11 @@ class Finisher:
         simplify_px: coverage simplification tolerance in pixels.
         multi: write every geometry as a MultiPolygon (8-connectivity can join pixels at a corner).
         with_conf: probabilities were given (``Parts.conf_sum`` is set).
+        conf_quantum: the confidence of one unit of ``Parts.conf_sum``.
+
+    Every geometry is put in canonical form (:func:`.canonical.canonical_polygons`) once it
+    is complete, and polygons held to the end are simplified in the order of their first pixel,
+    so the features do not depend on the block size.
     """
 
     meter: Meter
@@ -191,6 +204,7 @@ class Finisher:
     simplify_px: float | None = None
     multi: bool = False
     with_conf: bool = False
+    conf_quantum: float = 1.0
 
     def finish(self, parts: Parts) -> Finished:
         """Minimum area and hole filling; features for what can be written now."""
@@ -209,6 +223,7 @@ class Finisher:
             # only a polygon with a part smaller than the threshold can lie in a filled hole, and only
             # the owner of a leaky hole may have to give pixels back (see absorb)
             candidate = has_small_part(parts.geoms, self.fill_holes_m2, self.meter) | leaky
+        parts.geoms = np.asarray(shapely.normalize(parts.geoms), dtype=object)  # see .canonical
         if self.simplify_px is not None:
             return Finished(None, parts, holes, dropped)
         now = parts.take(~candidate) if candidate.any() else parts
@@ -222,8 +237,9 @@ class Finisher:
             The features (``None`` if there are none) and how many polygons were absorbed.
         """
         deferred, absorbed = absorb(deferred, holes)
+        deferred = deferred.take(np.argsort(deferred.key, kind="stable"))  # the order blocks cannot change
         if self.simplify_px is not None and len(deferred):
-            deferred.geoms = simplify_coverage(deferred.geoms, self.simplify_px)
+            deferred.geoms = np.asarray(shapely.normalize(simplify_coverage(deferred.geoms, self.simplify_px)))
         return (self.features(deferred) if len(deferred) else None), absorbed
 
     def features(self, parts: Parts) -> FeatureBatch:
@@ -238,11 +254,12 @@ class Finisher:
         conf = None
         if parts.conf_sum is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
-                conf = parts.conf_sum / parts.pixels
+                conf = np.where(parts.conf_sum < 0, np.nan, parts.conf_sum * self.conf_quantum / parts.pixels)
         return FeatureBatch(
             wkb=shapely.to_wkb(out),
             class_id=parts.class_id.astype(np.int32),
             area_m2=self.meter.areas_m2(parts.geoms),
-            perimeter_m=self.meter.perimeters_m(geoms_crs),
+            perimeter_m=self.meter.perimeters_m(parts.geoms, geoms_crs),
             mean_confidence=conf,
+            key=parts.key,
         )

@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from .canonical import drop_collinear
 from .noding import node_pixel_polygons
 from .parts import Parts
 
@@ -40,17 +41,23 @@ class _Part:
     geom: object
     class_id: int
     pixels: int
-    conf_sum: float
+    key: int
+    conf_sum: int
 
 
 @dataclass
 class Group:
-    """The pieces of one polygon that crossed seams, complete but not yet united (pixel space)."""
+    """The pieces of one polygon that crossed seams, complete but not yet united (pixel space).
+
+    ``key`` is the polygon's first pixel (the smallest of its pieces'); ``conf_sum`` the exact
+    sum of its pieces' (-1 if one is unknown).
+    """
 
     geoms: list[object] = field(default_factory=list)
     class_id: int = 0
     pixels: int = 0
-    conf_sum: float = 0.0
+    key: int = 0
+    conf_sum: int = 0
 
 
 def _union(pieces: list[object]) -> object:
@@ -69,12 +76,16 @@ def _union(pieces: list[object]) -> object:
 
 def unite(groups: Sequence[Group], with_conf: bool) -> Parts:
     """One polygon per group: the union of its pieces (exact: integer coordinates, coincident seams)."""
-    geoms = [g.geoms[0] if len(g.geoms) == 1 else _union(g.geoms) for g in groups]
+    geoms = np.array([g.geoms[0] if len(g.geoms) == 1 else _union(g.geoms) for g in groups], dtype=object)
+    merged = np.array([len(g.geoms) > 1 for g in groups], bool)
+    if merged.any():  # a union keeps a vertex wherever a seam crossed a straight edge
+        geoms[merged] = drop_collinear(geoms[merged])
     return Parts(
-        geoms=np.array(geoms, dtype=object),
+        geoms=geoms,
         class_id=np.array([g.class_id for g in groups], np.int32),
         pixels=np.array([g.pixels for g in groups], np.int64),
-        conf_sum=np.array([g.conf_sum for g in groups], np.float64) if with_conf else None,
+        key=np.array([g.key for g in groups], np.int64),
+        conf_sum=np.array([g.conf_sum for g in groups], np.int64) if with_conf else None,
     )
 
 
@@ -176,7 +187,8 @@ class SeamStitcher:
                 res.open.geoms[t],
                 int(res.open.class_id[t]),
                 int(res.open.pixels[t]),
-                float(conf[t]) if conf is not None else 0.0,
+                int(res.open.key[t]),
+                int(conf[t]) if conf is not None else 0,
             )
             self._parent[gid] = gid
             self._members[gid] = [gid]
@@ -219,7 +231,8 @@ class SeamStitcher:
             geoms=[p.geom for p in pieces],
             class_id=pieces[0].class_id,
             pixels=sum(p.pixels for p in pieces),
-            conf_sum=sum(p.conf_sum for p in pieces),
+            key=min(p.key for p in pieces),
+            conf_sum=-1 if any(p.conf_sum < 0 for p in pieces) else sum(p.conf_sum for p in pieces),
         )
 
     def finish(self) -> list[Group]:

@@ -32,6 +32,9 @@ __all__ = ["MAX_CLASSES", "MaskSource", "ProbsSource", "class_name_lookup", "not
 #: dtypes ``rasterio.features.shapes`` polygonizes directly; other integer types are cast per block.
 SHAPES_DTYPES = ("uint8", "int16", "uint16", "int32")
 
+#: Resolution to which float confidences are summed (exactly, as integers).
+FLOAT_QUANTUM = 2.0**-24
+
 #: More distinct values than any segmentation has classes: without a ``class_names`` tag such a
 #: raster is an image, not classes, and is refused unless ``--force-classes``.
 MAX_CLASSES = 1000
@@ -65,12 +68,18 @@ class MaskSource:
 class ProbsSource:
     """Probabilities on the mask's grid: 1 band = confidence, K bands = per-class probabilities.
 
-    Values are scaled by ``scale`` to 0-1 (``1/255`` for uint8 rasters, ``1`` for floats).
+    Confidences are summed as integers: a uint8 value as it is (``quantum`` 1/255), a float
+    value rounded to a multiple of ``quantum`` = 2**-24 (float32's resolution near 1), so the
+    sums over a polygon's pieces are exact and do not depend on how blocks cut it.
     """
 
     path: str
     count: int
-    scale: float
+    quantum: float
+
+    @property
+    def is_float(self) -> bool:
+        return self.quantum != 1.0 / 255.0
 
     @property
     def per_class(self) -> bool:
@@ -220,9 +229,9 @@ def open_probs(path: str | Path, mask: MaskSource, class_names: Sequence[str] | 
             raise UserError(f"--probs: {p} is not on the mask's grid (its transform differs)")
         dtype = np.dtype(src.dtypes[0])
         if dtype == np.uint8:
-            scale = 1.0 / 255.0
+            quantum = 1.0 / 255.0
         elif dtype.kind == "f":
-            scale = 1.0
+            quantum = FLOAT_QUANTUM
         else:
             raise UserError(f"--probs: {p} has data type {dtype}; expected uint8 (0-255) or float (0-1)")
         if src.count > 1 and class_names is not None and src.count != len(class_names):
@@ -230,7 +239,7 @@ def open_probs(path: str | Path, mask: MaskSource, class_names: Sequence[str] | 
                 f"--probs: {p} has {src.count} bands but there are {len(class_names)} classes; give per-class "
                 "probabilities (one band per class) or a 1-band confidence raster"
             )
-        return ProbsSource(path=p, count=src.count, scale=scale)
+        return ProbsSource(path=p, count=src.count, quantum=quantum)
 
 
 def class_name_lookup(names: Sequence[str] | None) -> dict[int, str]:

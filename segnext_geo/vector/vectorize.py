@@ -2,35 +2,42 @@
 
 Pipeline (see the modules for each step):
 
-1. :mod:`.source` checks the mask (single-band integer), the probabilities and the output;
+1. :mod:`.options` validates the options (:class:`.options.VectorOptions`),
+   :func:`segnext_geo.outputs.check_outputs` the output (never an input), :mod:`.source` the
+   mask (a class raster; validity from GDAL's masks) and the probabilities;
 2. :mod:`.polygonize` polygonizes each block with ``rasterio.features.shapes`` (in worker
    processes with ``workers > 1``); complete polygons are post-processed there;
 3. :mod:`.seams` merges polygons cut by seams, exactly, as the blocks arrive in order;
-4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification;
-5. :mod:`.writers` appends features with pyogrio and the output is renamed into place.
+4. :mod:`.postprocess` applies minimum area -> hole filling -> coverage simplification and
+   puts every geometry in canonical form (:mod:`.canonical`);
+5. :mod:`.writers` appends features to a scratch GeoPackage, copies them into the output in
+   first-pixel order, and the output is renamed into place.
 
 The polygons equal those of ``rasterio.features.shapes`` on the whole array (same count per
 class, same point sets), are valid, never overlap, and cover exactly the selected pixels
-(before simplification). Memory follows ``block_size`` and the polygons still open at the
-current block row, not the scene, except that ``fill_holes_below`` holds the polygons smaller
-than its threshold and ``simplify`` holds every polygon until the end (the coverage has to be
-simplified as a whole).
+(before simplification). The output file does not depend on ``block_size`` or ``workers``.
+Memory follows ``block_size`` and the polygons still open at the current block row, not the
+scene, except that ``fill_holes_below`` holds the polygons with a part smaller than its
+threshold (and the owners of leaky holes) and ``simplify`` holds every polygon until the end
+(the coverage has to be simplified as a whole).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..outputs import atomic_output, check_outputs, sigterm_as_interrupt
+from ..outputs import atomic_output, check_outputs, local_file, sigterm_as_interrupt
 from .attributes import GeomArray, Meter
 from .options import VectorOptions
 from .parts import Parts
@@ -146,6 +153,7 @@ def vectorize_raster(
         simplify_px=simplify_px,
         multi=opts.connectivity == 8,
         with_conf=with_conf,
+        conf_quantum=p.quantum if p is not None else 1.0,
     )
     grid = BlockGrid(m.height, m.width, opts.block_size)
     job = PolygonizeJob(
@@ -174,7 +182,8 @@ def vectorize_raster(
             class_names=class_name_lookup(names),
             source=str(mask) if source is None else source,
             with_confidence=with_conf,
-            layer_metadata={"source": str(mask), "connectivity": str(opts.connectivity), "measures": units},
+            layer_metadata={"source": shown, "connectivity": str(opts.connectivity), "measures": units},
+            timestamp=_content_date(m.path),
         )
         try:
             stats = _run(job, opts.workers, finisher, writer, progress, notes)
@@ -206,6 +215,19 @@ def vectorize_raster(
         absorbed=stats["absorbed"],
         max_open=stats["max_open"],
     )
+
+
+def _content_date(path: str) -> datetime | None:
+    """The date the output records: ``SOURCE_DATE_EPOCH`` if set, else the mask's modification
+    time (so the same mask gives the same bytes), else ``None`` (now)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        if epoch:
+            return datetime.fromtimestamp(int(epoch), UTC)
+        local = local_file(path)
+        return datetime.fromtimestamp(int(local.stat().st_mtime), UTC) if local is not None else None
+    except (OSError, ValueError, OverflowError):
+        return None
 
 
 def _run(

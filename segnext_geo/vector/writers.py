@@ -1,12 +1,15 @@
 """Incremental, atomic writing of polygon features with pyogrio; the format follows the extension.
 
-Features are appended in batches to a GeoPackage beside the target (GeoPackage appends are
-cheap and it is the recommended output). For a ``.gpkg`` target that file *is* the temporary
-output; for FlatGeobuf, GeoJSON and Shapefile it is streamed into the target format with
-pyogrio's Arrow interface (no pyarrow needed, constant memory) once all features are in;
-GeoParquet goes through geopandas and needs ``pyarrow``. The caller renames the temporary
-output into place (:func:`segnext_geo.outputs.atomic_output`), so an interrupted run leaves
-nothing at the target.
+Features are appended in batches, as they are finished, to a scratch GeoPackage beside the
+target (GeoPackage appends are cheap), with each polygon's first pixel as a ``_key`` column.
+At the end ``_key`` is indexed and the features are streamed into the target in that order
+(SQLite walks the index: no sort of the rows, flat memory) with pyogrio's Arrow interface
+(no pyarrow needed); GeoParquet goes through geopandas and needs ``pyarrow``. So the file's
+feature order, and with a fixed date its bytes, do not depend on block size or workers: the
+GeoPackage ``last_change`` and the Shapefile DBF date are the ``timestamp`` given
+(``vectorize`` passes the mask's modification time, or ``SOURCE_DATE_EPOCH``). The caller
+renames the temporary output into place (:func:`segnext_geo.outputs.atomic_output`), so an
+interrupted run leaves nothing at the target.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +44,31 @@ DRIVERS: Mapping[str, str] = {
 #: Shapefile field names are limited to 10 characters
 _SHAPEFILE_FIELDS = {"perimeter_m": "perim_m", "mean_confidence": "mean_conf"}
 
+#: the scratch file's sort column: each polygon's first pixel (row-major)
+_KEY = "_key"
+
 _SHAPEFILE_SUFFIXES = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
 
 
 @contextmanager
-def _sqlite_unsynced() -> Iterator[None]:
-    """Let SQLite skip fsync on each append (the scratch file is temporary; it is synced once at the end).
-
-    Without this every append to a GeoPackage costs ~0.1 s of fsync, whatever its size.
-    """
-    old = pyogrio.get_gdal_config_option("OGR_SQLITE_SYNCHRONOUS")
-    pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF"})
+def _gdal_options(**options: str | None) -> Iterator[None]:
+    """Set GDAL config options (pyogrio's GDAL) for the block, then restore them."""
+    old = {k: pyogrio.get_gdal_config_option(k) for k in options}
+    pyogrio.set_gdal_config_options(options)
     try:
         yield
     finally:
-        pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": old})
+        pyogrio.set_gdal_config_options(old)
+
+
+@contextmanager
+def _sqlite_unsynced() -> Iterator[None]:
+    """Let SQLite skip fsync on each write (the files are temporary; the output is synced once at the end).
+
+    Without this every append to a GeoPackage costs ~0.1 s of fsync, whatever its size.
+    """
+    with _gdal_options(OGR_SQLITE_SYNCHRONOUS="OFF"):
+        yield
 
 
 def _fsync(path: Path) -> None:
@@ -96,6 +110,8 @@ class FeatureWriter:
         source: the ``source`` column value.
         with_confidence: write a ``mean_confidence`` column.
         layer_metadata: key/value metadata for the layer (GeoPackage only).
+        timestamp: the date the file records (GeoPackage ``last_change``, Shapefile DBF
+            date); ``None``: now.
         flush_every: buffered features that trigger an append.
     """
 
@@ -111,6 +127,7 @@ class FeatureWriter:
         source: str,
         with_confidence: bool,
         layer_metadata: Mapping[str, str] | None = None,
+        timestamp: datetime | None = None,
         flush_every: int = 25_000,
     ) -> None:
         self.tmp = Path(tmp)
@@ -122,16 +139,14 @@ class FeatureWriter:
         self.source = source
         self.with_confidence = with_confidence
         self.layer_metadata = dict(layer_metadata or {})
+        self.timestamp = timestamp
         self.flush_every = flush_every
         self.count = 0
         self.per_class: dict[int, int] = {}
         self._buffer: list[FeatureBatch] = []
         self._buffered = 0
         self._created = False
-        if driver == "GPKG":
-            self.scratch = self.tmp
-        else:
-            self.scratch = self.tmp.with_name(self.tmp.name.removesuffix(self.tmp.suffix) + ".scratch.gpkg")
+        self.scratch = self.tmp.with_name(self.tmp.name.removesuffix(self.tmp.suffix) + ".scratch.gpkg")
         rename = _SHAPEFILE_FIELDS if driver == "ESRI Shapefile" else {}
         self.field_names = [
             rename.get(n, n)
@@ -145,6 +160,8 @@ class FeatureWriter:
         """Queue ``batch`` (``None`` or empty is fine); appends once enough features are queued."""
         if batch is None or len(batch) == 0:
             return
+        if batch.key is None:
+            raise ValueError("FeatureWriter.write: the batch has no key (each polygon's first pixel)")
         self._buffer.append(batch)
         self._buffered += len(batch)
         self.count += len(batch)
@@ -165,6 +182,8 @@ class FeatureWriter:
             assert batch.mean_confidence is not None
             cols.append(batch.mean_confidence)
         cols.append(np.full(len(batch), self.source, dtype=object))
+        assert batch.key is not None
+        cols.append(batch.key)
         return cols
 
     def flush(self) -> None:
@@ -173,13 +192,12 @@ class FeatureWriter:
             batch = FeatureBatch.concat(self._buffer)
         elif not self._created:  # an empty layer, with its fields
             empty = np.empty(0)
-            batch = FeatureBatch(np.empty(0, dtype=object), np.empty(0, np.int32), empty, empty, empty)
+            batch = FeatureBatch(
+                np.empty(0, dtype=object), np.empty(0, np.int32), empty, empty, empty, np.empty(0, np.int64)
+            )
         else:
             return
         self._buffer, self._buffered = [], 0
-        options: dict[str, object] = {}
-        if not self._created and self.layer_metadata and self.driver == "GPKG":
-            options["layer_metadata"] = self.layer_metadata
         try:
             with _sqlite_unsynced(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)  # no CRS: said already
@@ -187,13 +205,13 @@ class FeatureWriter:
                     self.scratch,
                     batch.wkb,
                     self._columns(batch),
-                    self.field_names,
+                    [*self.field_names, _KEY],
                     layer=self.layer,
                     driver="GPKG",
                     geometry_type=self.geometry_type,
                     crs=self.crs_wkt,
                     append=self._created,
-                    **options,
+                    SPATIAL_INDEX="NO",  # the scratch file is only read back in order
                 )
         except OSError as e:
             if getattr(e, "errno", None) == 28:
@@ -202,22 +220,48 @@ class FeatureWriter:
         self._created = True
 
     # -- finishing ---------------------------------------------------------------------------
+    def _ordered_sql(self) -> str:
+        info = pyogrio.read_info(self.scratch, layer=self.layer)
+        geom = info.get("geometry_name") or "geom"
+        cols = ", ".join(f'"{c}"' for c in [geom, *self.field_names])
+        return f'SELECT {cols} FROM "{self.layer}" ORDER BY "{_KEY}"'
+
+    def _date_options(self) -> dict[str, str | None]:
+        if self.timestamp is None:
+            return {"OGR_CURRENT_DATE": None}
+        return {"OGR_CURRENT_DATE": self.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+
+    def _index_key(self) -> None:
+        """Index the scratch table on ``_key`` (SQLite then reads it in order without sorting the rows)."""
+        import sqlite3
+
+        with closing(sqlite3.connect(self.scratch)) as db:
+            db.execute(f'CREATE INDEX "{self.layer}_key" ON "{self.layer}" ("{_KEY}")')
+            db.commit()
+
     def finish(self) -> Path:
-        """Write everything queued and produce the temporary output in the target format."""
+        """Write everything queued and produce the temporary output, in key order, in the target format."""
         self.flush()
-        if self.driver == "GPKG":
-            _fsync(self.tmp)
-            return self.tmp
+        self._index_key()
+        sql = self._ordered_sql()
         if self.driver == "Parquet":
             import geopandas
 
-            gdf = geopandas.read_file(self.scratch, layer=self.layer, engine="pyogrio")
+            gdf = geopandas.read_file(self.scratch, sql=sql, engine="pyogrio")
             gdf.to_parquet(self.tmp, index=False)
         else:
-            with pyogrio.open_arrow(self.scratch, layer=self.layer, use_pyarrow=False, batch_size=65_536) as (
-                meta,
-                reader,
+            options: dict[str, object] = {}
+            if self.driver == "GPKG" and self.layer_metadata:
+                options["layer_metadata"] = self.layer_metadata
+            if self.driver == "ESRI Shapefile" and self.timestamp is not None:
+                options["layer_options"] = {"DBF_DATE_LAST_UPDATE": self.timestamp.strftime("%Y-%m-%d")}
+            with (
+                _sqlite_unsynced(),
+                _gdal_options(**self._date_options()),
+                warnings.catch_warnings(),
+                pyogrio.open_arrow(self.scratch, sql=sql, use_pyarrow=False, batch_size=8192) as (meta, reader),
             ):
+                warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
                 pyogrio.raw.write_arrow(
                     reader,
                     self.tmp,
@@ -226,6 +270,7 @@ class FeatureWriter:
                     geometry_name=meta["geometry_name"] or "geometry",
                     geometry_type=self.geometry_type,
                     crs=self.crs_wkt,
+                    **options,
                 )
         self.scratch.unlink(missing_ok=True)
         if self.tmp.is_file():
@@ -234,9 +279,8 @@ class FeatureWriter:
 
     def cleanup(self) -> None:
         """Remove the scratch file (and a temporary Shapefile's sidecars); safe to call twice."""
-        if self.scratch != self.tmp:
-            for p in (self.scratch, *(Path(f"{self.scratch}{s}") for s in ("-wal", "-shm", "-journal"))):
-                p.unlink(missing_ok=True)
+        for p in (self.scratch, *(Path(f"{self.scratch}{s}") for s in ("-wal", "-shm", "-journal"))):
+            p.unlink(missing_ok=True)
         if self.driver == "ESRI Shapefile":
             for p in shapefile_companions(self.tmp):
                 p.unlink(missing_ok=True)
