@@ -106,13 +106,19 @@ def test_with_an_empty_cache_and_no_server_it_fails_fast_and_writes_nothing(
 def test_catalogue_classes_and_palette_reach_the_cog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isaid_file: Path
 ) -> None:
-    from segnext_geo.inference import predict_scene
+    from segnext_geo.inference import PredictOptions, predict_scene
     from segnext_geo.models.hub import import_weights
 
     monkeypatch.setenv("SEGNEXT_GEO_HOME", str(tmp_path / "home"))
     import_weights("segnext_t_isaid", isaid_file)
     out = tmp_path / "classes.tif"
-    predict_scene(_scene(tmp_path / "scene.tif"), "segnext_t_isaid", out, tile_size=64, overlap=16, progress=False)
+    predict_scene(
+        _scene(tmp_path / "scene.tif"),
+        "segnext_t_isaid",
+        out,
+        PredictOptions(tile_size=64, overlap=16),
+        progress=False,
+    )
     with rasterio.open(out) as src:
         assert json.loads(src.tags()["class_names"]) == list(ISAID_CLASSES)
         cmap = src.colormap(1)
@@ -141,6 +147,7 @@ def test_batch_and_info_take_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isaid_file: Path, isaid_model: SegNeXt
 ) -> None:
     from segnext_geo.batch import run_batch
+    from segnext_geo.inference import PredictOptions
     from segnext_geo.models import describe_checkpoint
     from segnext_geo.models.hub import import_weights
 
@@ -156,7 +163,7 @@ def test_batch_and_info_take_names(
         "segnext_t_isaid",
         tmp_path / "out",
         workers=1,
-        predict_options={"tile_size": 64, "overlap": 16, "device": "cpu"},
+        options=PredictOptions(tile_size=64, overlap=16, device="cpu"),
         progress=False,
     )
     assert s.done == 1 and s.failed == 0, s.failures
