@@ -232,7 +232,8 @@ class SceneInfo:
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in path and not path.startswith("/vsi")
+    """Whether ``path`` names a local file (not a URL, a ``/vsi...`` path or VRT XML text)."""
+    return "://" not in path and not path.startswith("/vsi") and not path.lstrip().startswith("<VRTDataset")
 
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
