@@ -23,7 +23,7 @@ from rasters import textured, write_tif
 from segnext_geo.cli.app import main
 
 from segnext_geo.errors import UserError
-from segnext_geo.inference import AreaMissesScene, PredictOptions, predict_scene
+from segnext_geo.inference import AreaMissesScene, PredictOptions, Rect, TileGrid, predict_scene
 from segnext_geo.models import build_model
 
 UTM = "EPSG:32632"
@@ -106,6 +106,25 @@ def test_bbox_output_equals_the_whole_run_cropped(
     assert r.pixels == int((full_classes[win] != 255).sum())
     # only the tiles that touch the box ran: far fewer than the whole scene's 5 x 6
     assert 0 < r.tiles - r.skipped_tiles < 20
+
+
+@pytest.mark.parametrize("region", [Rect(37, 41, 122, 132), Rect(150, 200, 200, 262), Rect(0, 0, 1, 1)])
+def test_a_grid_cut_to_a_region_keeps_the_whole_scene_grid(region: Rect) -> None:
+    whole = TileGrid(H, W, 64, 16, 150)
+    cut = TileGrid(H, W, 64, 16, 150, region)
+    by_place = {(t.row, t.col): t for t in whole.tiles}
+    # every kept tile is the whole grid's tile (same origin, size, indices that pick its blend profile)
+    for t in cut.tiles:
+        w = by_place[(t.row, t.col)]
+        assert (t.y, t.x, t.th, t.tw, t.rect) == (w.y, w.x, w.th, w.tw, w.rect)
+    # and every whole-grid tile overlapping the region is kept
+    overlapping = {k for k, t in by_place.items() if not t.rect.intersect(region).empty}
+    assert {(t.row, t.col) for t in cut.tiles} == overlapping
+    # the cores partition a rectangle that holds the region
+    cov = cut.covered
+    assert cov.intersect(region) == region
+    assert sum(s.core.height * s.core.width for s in cut.supertiles) == cov.height * cov.width
+    assert len(cut) < len(whole)
 
 
 def test_aoi_polygon_in_another_crs_from_a_geopackage(

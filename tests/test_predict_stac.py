@@ -65,7 +65,6 @@ def write_cog(path: Path, data: np.ndarray, origin: tuple[float, float] = (600_0
         transform=from_origin(*origin, 10.0, 10.0),
         blocksize=256,
         compress="DEFLATE",
-        photometric="RGB",
     ) as dst:
         dst.write(data)
     return path
@@ -134,7 +133,14 @@ def test_item_file_tags_and_source(tmp_path: Path, cogs: Path, segnext: torch.nn
     assert r.polygons == len(df) > 0 and set(df["source"]) == {"scene-a@2023-06-01T10:20:30Z"}
 
 
-def test_asset_option_and_errors(tmp_path: Path, cogs: Path, segnext: torch.nn.Module) -> None:
+def test_asset_option_and_errors(
+    tmp_path: Path,
+    cogs: Path,
+    segnext: torch.nn.Module,
+    tiny_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     item = make_item("two", {"visual": str(cogs / "a.tif"), "other": str(cogs / "b.tif")})
     path = save(item_json(item), tmp_path / "two.json")
     predict_scene(path, segnext, tmp_path / "o.tif", PredictOptions(**GRID, asset="other"), progress=False)
@@ -142,6 +148,26 @@ def test_asset_option_and_errors(tmp_path: Path, cogs: Path, segnext: torch.nn.M
     assert tags["STAC_ASSETS"] == "other" and transform.c == 605_000.0
     with pytest.raises(UserError, match=r"--asset: STAC item two .* has no asset 'nir'; its assets: visual, other"):
         predict_scene(path, segnext, tmp_path / "x.tif", PredictOptions(**GRID, asset="nir"), progress=False)
+    # through the CLI: one line, exit 2
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "segnext-geo",
+            "predict",
+            str(path),
+            "-c",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "x.tif"),
+            "--asset",
+            "nir",
+        ],
+    )
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: --asset: STAC item two"), err
     coll = save(collection(item, make_item("three", {"visual": str(cogs / "b.tif")})), tmp_path / "coll.json")
     with pytest.raises(UserError, match=r"coll\.json: a STAC ItemCollection of 2 items; predict reads one Item"):
         predict_scene(coll, segnext, tmp_path / "x.tif", PredictOptions(**GRID), progress=False)
