@@ -451,6 +451,8 @@ def run_batch(
         raise UserError(f"--out-dir: {out} is not writable")
     opts = options if options is not None else PredictOptions()
     opts.area()  # read the --aoi file now: a bad one fails before any cluster starts
+    if opts.aoi is not None and Path(opts.aoi).exists():  # workers may run in another folder
+        opts = opts.replace(aoi=str(Path(opts.aoi).resolve()))
     jobs = discover_inputs(inputs, opts.asset)
     manifest_path = out / MANIFEST
     extra = [("--merge", Path(merge)), ("manifest", manifest_path)] if merge else [("manifest", manifest_path)]

@@ -230,6 +230,11 @@ def test_cli_area_errors_are_one_line_exit_2(
         assert code == 2 and len(lines) == 1, (extra, err)
         assert lines[0].startswith("error: ") and message in lines[0] and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "c.tif").exists()
+    # batch shares the flags and their checks
+    for extra, message in cases[:2]:
+        code, _, err = _main(monkeypatch, capsys, "batch", str(scene), "-o", str(tmp_path / "b"), *extra)
+        assert code == 2 and err.count("\n") == 1 and message in err, (extra, err)
+    assert not (tmp_path / "b").exists()
     # a good --aoi with its layer works end to end through the CLI
     code, _, err = _main(
         monkeypatch, capsys, *base, "--aoi", str(gpkg), "--aoi-layer", "b", "--tile-size", "64", "--overlap", "16"
