@@ -248,3 +248,29 @@ def _ll_box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, f
     tr = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
     lons, lats = tr.transform([x0, x1, x0, x1], [y0, y0, y1, y1])
     return min(lons), min(lats), max(lons), max(lats)
+
+
+def test_batch_with_an_aoi_file_given_relative_to_the_working_folder(
+    tmp_path: Path, cogs: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geopandas as gpd
+    import shapely
+
+    # plain rasters (no STAC); the area: a polygon over part of a.tif, in lon/lat, named relative to the cwd
+    here = tmp_path / "work"
+    here.mkdir()
+    gpd.GeoDataFrame(
+        geometry=[shapely.box(*_ll_box(600_100.0, 4_999_400.0, 600_600.0, 4_999_900.0))], crs=4326
+    ).to_file(here / "zone.gpkg")
+    monkeypatch.chdir(here)
+    opts = PredictOptions(**GRID, batch_size=2, aoi="zone.gpkg")
+    out = tmp_path / "out"
+    s = run_batch(
+        [cogs / "a.tif", cogs / "b.tif"], tiny_checkpoint, out, workers=1, mask=True, options=opts, progress=False
+    )
+    assert (s.done, s.outside, s.failed) == (1, 1, 0), s.failures
+    rows = read_manifest(out / "manifest.jsonl")
+    assert rows[str(cogs / "b.tif")]["reason"] == "outside the area of interest"
+    with rasterio.open(out / "a.mask.tif") as src:
+        assert src.tags()["AREA_OF_INTEREST"] == f"--aoi {here / 'zone.gpkg'}"
+        assert 50 <= src.width <= 53 and 50 <= src.height <= 53 and src.transform.c <= 600_100.0
