@@ -11,7 +11,9 @@ baseline, HTTP requests and seconds:
 - ``cloud_env, 1 handle``: one handle, :func:`segnext_geo.raster.cloud.cloud_env`;
 - ``cloud_env, 2 threads``: a handle per reader thread (as ``SceneSource`` reads);
 - ``cloud_env, aligned rows``: one block-aligned read per row of tiles
-  (:func:`~segnext_geo.raster.cloud.align_window`), tiles cut from it in memory.
+  (:func:`~segnext_geo.raster.cloud.align_window`), tiles cut from it in memory;
+- ``SceneSource, 2 threads``: how ``predict`` reads (:class:`~segnext_geo.raster.SceneSource`
+  from two reader threads; a remote scene shares one handle).
 
     python benchmarks/remote_cog_reads.py                  # 4096² COG, 2048² region, 640 tiles, 128 overlap
     python benchmarks/remote_cog_reads.py --size 8192 --region 4096
@@ -39,6 +41,7 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from http_server import HttpServer
 
+from segnext_geo.raster import SceneSource, open_scene
 from segnext_geo.raster.cloud import align_window, blocks_touched, cloud_env
 
 
@@ -91,6 +94,12 @@ def two_threads(url: str, rows: list[list[Window]]) -> None:
         h.close()
 
 
+def scene_source(url: str, rows: list[list[Window]]) -> None:
+    info = open_scene(url, (1, 2, 3), (1, 2, 3), needed=3)
+    with SceneSource(info) as src, ThreadPoolExecutor(2) as pool:
+        list(pool.map(src.read, [w for row in rows for w in row]))
+
+
 def aligned_rows(url: str, rows: list[list[Window]]) -> None:
     with rasterio.open(url) as src:
         for row in rows:
@@ -127,6 +136,7 @@ def main() -> None:
             ("cloud_env, 1 handle", True, one_handle),
             ("cloud_env, 2 threads", True, two_threads),
             ("cloud_env, aligned rows", True, aligned_rows),
+            ("SceneSource, 2 threads", True, scene_source),
         ]
         print(f"{'strategy':<26} {'MiB':>8} {'/ baseline':>11} {'requests':>9} {'seconds':>8}")
         for i, (name, env, fn) in enumerate(strategies):

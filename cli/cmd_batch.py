@@ -10,8 +10,13 @@ import typer
 from .app import app
 from .predict_options import (
     TTA,
+    Aoi,
+    AoiLayer,
+    Asset,
     Bands,
     BatchSize,
+    Bbox,
+    BboxCrs,
     Blend,
     BlendOpt,
     Compile,
@@ -38,7 +43,13 @@ from .predict_options import (
 
 @app.command()
 def batch(
-    inputs: Annotated[list[str], typer.Argument(help="Scenes: files, directories, glob patterns or .txt lists.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Scenes: files, directories, glob patterns or .txt lists; STAC Item or ItemCollection "
+            ".json files (one scene per Item)."
+        ),
+    ],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Output folder (mirrors input paths).")],
     checkpoint: Annotated[
         str | None,
@@ -78,6 +89,11 @@ def batch(
     fill_holes_below: FillHoles = None,
     simplify: Simplify = None,
     keep_background: KeepBackground = False,
+    asset: Asset = None,
+    bbox: Bbox = None,
+    bbox_crs: BboxCrs = "EPSG:4326",
+    aoi: Aoi = None,
+    aoi_layer: AoiLayer = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.
@@ -87,6 +103,8 @@ def batch(
     retries failed ones. One bad scene never stops the others; the exit code is 1 if any failed.
 
     Example: segnext-geo batch /data/archive/ --checkpoint best.ckpt --out-dir results/ --workers 2 --merge all.gpkg
+
+    STAC and an area: segnext-geo batch items.json -o results/ --aoi harbour.gpkg  (scenes outside it: skipped)
     """
     from segnext_geo.batch import run_batch
     from segnext_geo.models.hub import prepare_checkpoint
@@ -114,6 +132,8 @@ def batch(
         f"done {s.done}, skipped {s.skipped}, failed {s.failed} in {s.elapsed_s:.1f} s "
         f"({s.scenes_per_minute:.1f} scenes/min, {s.pixels / 1e6:.1f} MPix, {s.polygons} polygons)"
     )
+    if s.outside:
+        typer.echo(f"outside the area of interest (skipped, in the manifest): {s.outside}")
     typer.echo(f"manifest: {s.manifest}")
     for path, error in s.failures:
         typer.echo(f"failed: {path}: {error}", err=True)

@@ -12,8 +12,13 @@ import typer
 from .app import app
 from .predict_options import (
     TTA,
+    Aoi,
+    AoiLayer,
+    Asset,
     Bands,
     BatchSize,
+    Bbox,
+    BboxCrs,
     Blend,
     BlendOpt,
     Compile,
@@ -52,7 +57,13 @@ class ProbsMode(StrEnum):
 
 @app.command()
 def predict(
-    scene: Annotated[Path, typer.Argument(help="Input raster GDAL opens: GeoTIFF, COG, VRT, JP2 ...")],
+    scene: Annotated[
+        str,
+        typer.Argument(
+            help="Input raster GDAL opens (GeoTIFF, COG, VRT, JP2 ..., or an http(s) URL of one), or a STAC Item "
+            "(.json file or http(s) URL)."
+        ),
+    ],
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Class raster (.tif), or polygons (.gpkg, .parquet, .fgb, .geojson, .shp)."),
@@ -87,6 +98,11 @@ def predict(
     simplify: Simplify = None,
     connectivity: Connectivity = None,
     keep_background: KeepBackground = False,
+    asset: Asset = None,
+    bbox: Bbox = None,
+    bbox_crs: BboxCrs = "EPSG:4326",
+    aoi: Aoi = None,
+    aoi_layer: AoiLayer = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -107,6 +123,8 @@ def predict(
     Example: segnext-geo predict scene.tif -c segnext_t_isaid -o classes.tif --probs-out probs.tif --tta flip
 
     Polygons: segnext-geo predict scene.tif -c model.pth -o parcels.gpkg --mask-out classes.tif --min-area 20
+
+    STAC and an area: segnext-geo predict https://host/item.json -o harbour.gpkg --bbox 9.10,45.00,9.12,45.02
     """
     from segnext_geo.inference import predict_scene
     from segnext_geo.models.hub import prepare_checkpoint

@@ -97,6 +97,24 @@ Simplify = Annotated[
 Connectivity = Annotated[int | None, typer.Option(help="Vector output: pixel connectivity, 4 or 8 (default 4).")]
 KeepBackground = Annotated[bool, typer.Option("--keep-background", help="Vector output: also write class 0 polygons.")]
 
+Asset = Annotated[
+    str | None,
+    typer.Option(help="STAC input: the asset to read (default: 'visual', else red/green/blue by eo:bands)."),
+]
+Bbox = Annotated[
+    str | None,
+    typer.Option(
+        help="Area of interest MINX,MINY,MAXX,MAXY in --bbox-crs (lon/lat by default): only tiles touching it "
+        "run; the output covers its window on the scene's grid, nodata outside it."
+    ),
+]
+BboxCrs = Annotated[str, typer.Option(help="CRS of --bbox, e.g. EPSG:32632.")]
+Aoi = Annotated[
+    str | None,
+    typer.Option(help="Area of interest: polygons in any vector file GDAL reads, any CRS (not with --bbox)."),
+]
+AoiLayer = Annotated[str | None, typer.Option(help="The layer of --aoi to read (when it has several).")]
+
 
 def build_options(values: dict[str, Any]) -> PredictOptions:
     """A :class:`PredictOptions` from a command's parsed values (vector options only when one is given)."""

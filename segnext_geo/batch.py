@@ -9,6 +9,12 @@ outputs, status ``done``/``failed``/``skipped`` (done by an earlier run), error,
 polygon counts). The last row of an input is its state. A rerun skips inputs whose last row is
 ``done`` or ``skipped``, whose outputs exist and whose size and mtime are unchanged; failed
 inputs are tried again.
+
+STAC: an Item or ItemCollection file (``.json``/``.geojson``) among the inputs gives one task
+per Item; its manifest rows are keyed ``FILE#ITEM_ID`` and carry ``item`` and ``datetime``,
+and its outputs are named after the Item id. With an area of interest (``options.bbox`` or
+``options.aoi``), a scene the area misses is recorded as ``skipped`` with the ``reason``
+"outside the area of interest" and no outputs; a rerun does not try it again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 from .errors import UserError
 from .inference.options import PredictOptions
+from .raster.stac import StacScene, load_items, scene_from_item
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -39,16 +46,35 @@ __all__ = [
 ]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc"}
+STAC_SUFFIXES = {".json", ".geojson"}
+OUTSIDE = "outside the area of interest"
 VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "fgb": ".fgb", "geojson": ".geojson"}
 MANIFEST = "manifest.jsonl"
 
 
 @dataclass(frozen=True)
 class SceneJob:
-    """One input scene and where its outputs go (``rel`` mirrors its path under the output folder)."""
+    """One input scene and where its outputs go (``rel`` mirrors its path under the output folder).
+
+    For a STAC Item, ``path`` is the Item or ItemCollection file, ``stac`` the Item's scene (or
+    ``None`` with ``error`` when the Item has nothing to read: it is recorded as failed).
+    """
 
     path: Path
     rel: Path
+    stac: StacScene | None = None
+    item: str | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The manifest's ``input``: the path, or ``FILE#ITEM_ID`` for a STAC Item."""
+        return f"{self.path}#{self.item}" if self.item is not None else str(self.path)
+
+    @property
+    def scene(self) -> str | StacScene:
+        """What ``predict_scene`` reads."""
+        return self.stac if self.stac is not None else str(self.path)
 
     def outputs(self, out_dir: Path, fmt: str, mask: bool) -> dict[str, str]:
         base = out_dir / self.rel
@@ -73,6 +99,7 @@ class BatchSummary:
     merge_note: str = ""
     dashboard: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    outside: int = 0
 
     @property
     def scenes_per_minute(self) -> float:
@@ -86,16 +113,31 @@ def _is_raster(p: Path) -> bool:
     return p.suffix.lower() in RASTER_SUFFIXES
 
 
-def discover_inputs(inputs: Sequence[str | Path]) -> list[SceneJob]:
+def discover_inputs(inputs: Sequence[str | Path], asset: str | None = None) -> list[SceneJob]:
     """Expand files, directories (recursive), glob patterns and list files (one path per line).
 
     Output names mirror each scene's path relative to the directory or glob root it was found
-    under (a plain file keeps its bare name). Duplicates are dropped.
+    under (a plain file keeps its bare name). Duplicates are dropped. A STAC Item or
+    ItemCollection file (``.json``/``.geojson``) gives one job per Item, named after the Item
+    id, reading ``asset`` (``--asset``) or the asset chosen as ``predict`` does.
 
     Raises:
         UserError: an input that does not exist, matches nothing, or yields no raster.
     """
-    jobs: dict[Path, SceneJob] = {}
+    jobs: dict[Path | str, SceneJob] = {}
+
+    def add_stac(path: Path) -> None:
+        path = path.resolve()
+        for it in load_items(path):
+            item = it.item
+            try:
+                stac: StacScene | None = scene_from_item(item, asset=asset, base=it.base)
+                error = None
+            except UserError as e:
+                stac, error = None, str(e)
+            stem = stac.stem if stac is not None else item.id
+            job = SceneJob(path, Path(stem), stac, item.id, error)
+            jobs.setdefault(job.key, job)
 
     def add(path: Path, root: Path | None) -> None:
         path = path.resolve()
@@ -131,6 +173,8 @@ def discover_inputs(inputs: Sequence[str | Path]) -> list[SceneJob]:
                 if not q.exists():
                     raise UserError(f"{p}: lists {q}, which does not exist")
                 add(q, None)
+        elif p.is_file() and p.suffix.lower() in STAC_SUFFIXES:
+            add_stac(p)
         elif p.is_file():
             add(p, None)
         else:
@@ -243,7 +287,7 @@ def _cached_runner(checkpoint: str, options: PredictOptions, threads: int) -> An
 
 
 def process_scene(
-    scene: str,
+    scene: str | StacScene,
     outputs: dict[str, str],
     checkpoint: str,
     options: PredictOptions,
@@ -251,12 +295,13 @@ def process_scene(
 ) -> dict[str, Any]:
     """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
 
-    Returns a manifest row fragment: status, error, timings, pixels, polygons, worker.
+    Returns a manifest row fragment: status (``done``, ``failed``, or ``skipped`` with a
+    ``reason`` when the area of interest misses the scene), error, timings, pixels, polygons, worker.
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
-        from .inference import predict_scene
+        from .inference import AreaMissesScene, predict_scene
 
         opts = options.replace(device=_worker_device(options.device))
         runner = _cached_runner(checkpoint, opts, threads)
@@ -279,6 +324,10 @@ def process_scene(
             load_s=round(t_load - t0, 3),
             forward_s=round(result.forward_s, 3),
         )
+    except AreaMissesScene as e:
+        for path in outputs.values():
+            Path(path).unlink(missing_ok=True)
+        row.update(status="skipped", reason=OUTSIDE, error=None, detail=str(e), pixels=0, polygons=0)
     except Exception as e:  # one bad scene never stops the rest
         msg = " ".join(str(e).split()) or type(e).__name__
         for path in outputs.values():  # nothing half-written may look done
@@ -400,7 +449,11 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise UserError(f"--out-dir: {out} is not writable")
-    jobs = discover_inputs(inputs)
+    opts = options if options is not None else PredictOptions()
+    opts.area()  # read the --aoi file now: a bad one fails before any cluster starts
+    if opts.aoi is not None and Path(opts.aoi).exists():  # workers may run in another folder
+        opts = opts.replace(aoi=str(Path(opts.aoi).resolve()))
+    jobs = discover_inputs(inputs, opts.asset)
     manifest_path = out / MANIFEST
     extra = [("--merge", Path(merge)), ("manifest", manifest_path)] if merge else [("manifest", manifest_path)]
     check_batch_outputs(jobs, [job.outputs(out, fmt, mask) for job in jobs], extra)
@@ -409,15 +462,19 @@ def run_batch(
     summary = BatchSummary(manifest=manifest_path)
     todo: list[SceneJob] = []
     for job in jobs:
-        row = previous.get(str(job.path))
-        if _is_complete(job, row):
+        row = previous.get(job.key)
+        if job.error is not None:
+            error = f"UserError: {job.error}"[:500]
+            manifest.append({**_base_row(job), "status": "failed", "error": error, "pixels": 0, "polygons": 0})
+            summary.failed += 1
+            summary.failures.append((job.key, error))
+        elif _is_complete(job, row):
             summary.skipped += 1
             assert row is not None
             manifest.append({**row, "status": "skipped", "finished": time.time(), "elapsed_s": 0.0})
         else:
             todo.append(job)
     t0 = time.perf_counter()
-    opts = options if options is not None else PredictOptions()
     if todo:
         own_client = client is None
         client = client or _make_client(scheduler, workers, threads_per_worker, gpus_per_worker)
@@ -450,7 +507,11 @@ def run_batch(
     summary.elapsed_s = time.perf_counter() - t0
     if merge:
         rows = read_manifest(manifest_path)
-        done = [rows[str(j.path)] for j in jobs if rows.get(str(j.path), {}).get("status") in ("done", "skipped")]
+        done = [
+            rows[j.key]
+            for j in jobs
+            if rows.get(j.key, {}).get("status") in ("done", "skipped") and "vector" in rows[j.key].get("outputs", {})
+        ]
         summary.merged, summary.merge_note = merge_outputs(
             [r["outputs"]["vector"] for r in done], [r["input"] for r in done], Path(merge), merge_crs
         )
@@ -482,7 +543,7 @@ def _submit_all(
             Path(p).parent.mkdir(parents=True, exist_ok=True)
         fut = client.submit(
             process_scene,
-            str(job.path),
+            job.scene,
             outputs,
             ckpt,
             opts,
@@ -496,7 +557,7 @@ def _submit_all(
     t0 = time.perf_counter()
     for fut in as_completed(futures):
         job, outputs = futures[fut]
-        base = {"input": str(job.path), **_fingerprint(job.path), "outputs": outputs, "finished": time.time()}
+        base = {**_base_row(job), "outputs": outputs, "finished": time.time()}
         try:
             row = fut.result()
         except Exception as e:  # the worker died more than `retries` times, or the task was lost
@@ -507,10 +568,13 @@ def _submit_all(
                 "polygons": 0,
             }
         row = {**base, **row}
-        if row["status"] != "done":
+        if row["status"] == "skipped":  # the area of interest misses the scene
+            row["outputs"] = {}
+            summary.outside += 1
+        elif row["status"] != "done":
             row["outputs"] = {}
             summary.failed += 1
-            summary.failures.append((str(job.path), row["error"]))
+            summary.failures.append((job.key, row["error"]))
         else:
             summary.done += 1
             summary.pixels += row["pixels"]
@@ -520,6 +584,15 @@ def _submit_all(
         rate = summary.done / max(time.perf_counter() - t0, 1e-9) * 60
         bar.set_postfix(done=summary.done, failed=summary.failed, per_min=f"{rate:.1f}")
     bar.close()
+
+
+def _base_row(job: SceneJob) -> dict[str, Any]:
+    """The manifest fields that name a job: ``input``, the file's size and mtime, the STAC Item."""
+    row: dict[str, Any] = {"input": job.key, **_fingerprint(job.path)}
+    if job.item is not None:
+        row["item"] = job.item
+        row["datetime"] = job.stac.datetime if job.stac is not None else None
+    return row
 
 
 # --- merging -------------------------------------------------------------------------------

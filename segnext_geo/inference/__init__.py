@@ -12,11 +12,13 @@ evaluate, export and the benchmarks).
 
 from .device import resolve_device
 from .grid import Rect, SuperTile, Tile, TileGrid
+from .inputs import AreaMissesScene
 from .options import MemoryPlan, PredictOptions, auto_working_set, estimate_peak, plan_memory
 from .predict import PredictResult, predict_scene
 from .runner import InferenceRunner
 
 __all__ = [
+    "AreaMissesScene",
     "InferenceRunner",
     "MemoryPlan",
     "PredictOptions",

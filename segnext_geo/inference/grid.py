@@ -12,6 +12,14 @@ group). Cores partition the scene. Tiles never reach left of or above their own 
 core of a super-tile is complete once it and the super-tiles before it (raster order) have run;
 what its tiles add beyond the core (one overlap wide, right and below) is handed on as a
 partial sum to the super-tiles whose cores it falls in.
+
+A ``region`` (an area of interest's window) keeps the grid of the whole scene -- the same tile
+origins, blend windows and super-tile grouping rules -- but only the tile rows and columns that
+overlap the region: every pixel of the region is then covered by exactly the tiles that cover
+it in a whole-scene run, so its blended value is the same. ``Tile.row``/``Tile.col`` stay the
+indices in the whole scene's grid (they pick the blend profiles); cores then partition the
+rectangle from the first kept tile's origin to the next, unkept tile's origin, which holds the
+region (pixels of it outside the region lack some tiles and are not written).
 """
 
 from __future__ import annotations
@@ -24,6 +32,17 @@ from rasterio.windows import Window
 __all__ = ["Rect", "SuperTile", "Tile", "TileGrid", "axis_starts", "group_axis", "round_tile_size"]
 
 MIN_TILE = 64
+
+
+def _kept(starts: list[int], tile: int, span: tuple[int, int] | None) -> slice:
+    """The indices of the tiles along one axis that overlap ``[span[0], span[1])`` (all without a span)."""
+    if span is None:
+        return slice(0, len(starts))
+    lo, hi = span
+    kept = [i for i, s in enumerate(starts) if s < hi and s + tile > lo]
+    if not kept:
+        raise ValueError(f"no tile overlaps {lo}..{hi}")
+    return slice(kept[0], kept[-1] + 1)
 
 
 def round_tile_size(size: int) -> int:
@@ -116,9 +135,13 @@ class TileGrid:
         tile_size: tile side in px (already a multiple of 32).
         overlap: px shared by neighbouring tiles (``0 <= overlap <= tile_size // 2``).
         working_set: the largest super-tile side in px (a group always holds at least one tile).
+        region: keep only the tile rows and columns that overlap this rectangle (see the module
+            docstring); ``None``: the whole scene.
     """
 
-    def __init__(self, height: int, width: int, tile_size: int, overlap: int, working_set: int) -> None:
+    def __init__(
+        self, height: int, width: int, tile_size: int, overlap: int, working_set: int, region: Rect | None = None
+    ) -> None:
         self.height, self.width = int(height), int(width)
         self.tile_size, self.overlap = int(tile_size), int(overlap)
         self.working_set = int(working_set)
@@ -126,8 +149,11 @@ class TileGrid:
         self.tw = min(self.tile_size, 32 * math.ceil(self.width / 32))
         self.ys = axis_starts(self.height, self.th, self.overlap)
         self.xs = axis_starts(self.width, self.tw, self.overlap)
-        self.row_groups = group_axis(self.ys, self.th, self.working_set)
-        self.col_groups = group_axis(self.xs, self.tw, self.working_set)
+        self.region = region
+        rows = _kept(self.ys, self.th, None if region is None else (region.y0, region.y1))
+        cols = _kept(self.xs, self.tw, None if region is None else (region.x0, region.x1))
+        self.row_groups = [(a + rows.start, b + rows.start) for a, b in group_axis(self.ys[rows], self.th, working_set)]
+        self.col_groups = [(a + cols.start, b + cols.start) for a, b in group_axis(self.xs[cols], self.tw, working_set)]
         self.supertiles: list[SuperTile] = []
         self.tiles: list[Tile] = []
         for gi, (ra, rb) in enumerate(self.row_groups):
@@ -158,6 +184,12 @@ class TileGrid:
 
     def __len__(self) -> int:
         return len(self.tiles)
+
+    @property
+    def covered(self) -> Rect:
+        """The rectangle the cores partition: the whole scene, or the kept rows and columns' cores."""
+        first, last = self.supertiles[0].core, self.supertiles[-1].core
+        return Rect(first.y0, first.x0, last.y1, last.x1)
 
     @property
     def max_extent(self) -> tuple[int, int]:

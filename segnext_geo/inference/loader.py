@@ -19,6 +19,7 @@ import rasterio
 import torch
 from torch import Tensor
 
+from ..raster.aoi import SceneArea
 from ..raster.normalize import Normalization
 from ..raster.source import SceneSource
 from .grid import Tile
@@ -36,13 +37,25 @@ class TileData:
     valid: np.ndarray
 
 
-def load_tile(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
-    """Read, mask, normalise and (for scenes smaller than a tile) reflect-pad one tile."""
+def load_tile(
+    source: SceneSource, norm: Normalization, tile: Tile, area: SceneArea | None = None, run: bool = True
+) -> TileData:
+    """Read, mask, normalise and (for scenes smaller than a tile) reflect-pad one tile.
+
+    With an area of interest, ``valid`` is also False outside the area (those pixels are
+    written as nodata), while the model input is made exactly as without one (the scene's own
+    validity), so pixels inside the area get the values of a whole-scene run. ``run=False``
+    (a tile that does not touch the area): nothing is read, the tile is skipped.
+    """
     r = tile.rect
+    if not run:
+        return TileData(tile, None, np.zeros((r.height, r.width), dtype=bool))
     data, band_valid = source.read(r.window())
     valid = np.ones((r.height, r.width), dtype=bool) if band_valid is None else band_valid.any(axis=0)
     if not valid.any():
         return TileData(tile, None, valid)
+    if area is not None:
+        valid &= area.mask(r.window())
     x = norm.apply(data, band_valid)
     pad_y, pad_x = tile.th - r.height, tile.tw - r.width
     if pad_y or pad_x:
@@ -50,24 +63,34 @@ def load_tile(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
     return TileData(tile, torch.from_numpy(np.ascontiguousarray(x)), valid)
 
 
-def _load_in_env(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
+def _load_in_env(source: SceneSource, norm: Normalization, tile: Tile, area: SceneArea | None, run: bool) -> TileData:
     """:func:`load_tile` on a reader thread, with rasterio's GDAL error handler installed for that
     thread (without it GDAL would print its messages raw to stderr)."""
     with rasterio.Env():
-        return load_tile(source, norm, tile)
+        return load_tile(source, norm, tile, area, run)
 
 
 class TileLoader:
     """Iterate over :class:`TileData` for ``tiles`` in order, reading up to ``prefetch`` tiles ahead.
 
     ``workers=0`` reads in the calling thread. Use as a context manager (or call :meth:`close`)
-    so that pending reads are cancelled on error or Ctrl-C.
+    so that pending reads are cancelled on error or Ctrl-C. With ``area``, tiles that do not
+    touch it are not read (they come out skipped) and pixels outside it are not valid.
     """
 
     def __init__(
-        self, source: SceneSource, norm: Normalization, tiles: Sequence[Tile], workers: int, prefetch: int
+        self,
+        source: SceneSource,
+        norm: Normalization,
+        tiles: Sequence[Tile],
+        workers: int,
+        prefetch: int,
+        area: SceneArea | None = None,
     ) -> None:
         self.source, self.norm, self.tiles = source, norm, tiles
+        self.area = area
+        touching = area.tiles_touching([t.rect for t in tiles]) if area is not None else None
+        self.run = [True] * len(tiles) if touching is None else [bool(v) for v in touching]
         self.workers = int(workers)
         self.prefetch = max(1, int(prefetch))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="segnext-read") if self.workers else None
@@ -85,18 +108,23 @@ class TileLoader:
 
     def __iter__(self) -> Iterator[TileData]:
         if self._pool is None:
-            for t in self.tiles:
-                yield load_tile(self.source, self.norm, t)
+            for t, run in zip(self.tiles, self.run, strict=True):
+                yield load_tile(self.source, self.norm, t, self.area, run)
             return
+        pool = self._pool
         pending: deque[Future[TileData]] = deque()
-        it = iter(self.tiles)
-        for t in it:
-            pending.append(self._pool.submit(_load_in_env, self.source, self.norm, t))
+        it = iter(zip(self.tiles, self.run, strict=True))
+
+        def submit(t: Tile, run: bool) -> None:
+            pending.append(pool.submit(_load_in_env, self.source, self.norm, t, self.area, run))
+
+        for t, run in it:
+            submit(t, run)
             if len(pending) >= self.prefetch:
                 break
         while pending:
             done = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(self._pool.submit(_load_in_env, self.source, self.norm, nxt))
+                submit(*nxt)
             yield done

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, get_args
 
 from ..errors import UserError
+from ..raster.aoi import AreaOfInterest, parse_bbox, read_aoi
 from ..raster.normalize import NormalizationMethod
 from ..raster.source import parse_bands
 from ..vector.options import VectorOptions
@@ -124,6 +125,14 @@ class PredictOptions:
         workers: threads reading tiles while the model runs (0: read in the main thread).
             ``--workers``.
         vector: vectorize options for a vector output (``--min-area``, ``--simplify`` ...).
+        asset: the asset of a STAC Item to read (default: ``visual``, else red/green/blue by
+            ``eo:bands`` common names). ``--asset``.
+        bbox: area of interest ``(minx, miny, maxx, maxy)`` (or ``"MINX,MINY,MAXX,MAXY"``) in
+            ``bbox_crs``. ``--bbox``.
+        bbox_crs: the CRS of ``bbox`` (default EPSG:4326: longitude, latitude). ``--bbox-crs``.
+        aoi: area of interest: a vector file (any format GDAL reads, any CRS; its polygons are
+            unioned). ``--aoi``.
+        aoi_layer: the layer of ``aoi`` to read (needed when it has several). ``--aoi-layer``.
     """
 
     tile_size: int = 1024
@@ -143,6 +152,11 @@ class PredictOptions:
     probs_mode: ProbsMode = "classes"
     workers: int = 2
     vector: VectorOptions | None = field(default=None)
+    asset: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str = "EPSG:4326"
+    aoi: str | None = None
+    aoi_layer: str | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -189,6 +203,40 @@ class PredictOptions:
         put("workers", workers)
         if self.vector is not None and not isinstance(self.vector, VectorOptions):
             raise TypeError(f"PredictOptions.vector must be a VectorOptions, not {type(self.vector).__name__}")
+        if self.asset is not None and (not isinstance(self.asset, str) or not self.asset.strip()):
+            raise UserError(f"--asset: {self.asset!r} is not an asset name")
+        self._check_area(put)
+
+    def _check_area(self, put: Any) -> None:
+        """Validate ``bbox``/``bbox_crs``/``aoi``/``aoi_layer`` (the file is read by :meth:`area`)."""
+        if not isinstance(self.bbox_crs, str) or not self.bbox_crs.strip():
+            raise UserError(f"--bbox-crs: {self.bbox_crs!r} is not a CRS (e.g. EPSG:4326)")
+        if self.bbox is not None:
+            text = self.bbox if isinstance(self.bbox, str) else ",".join(str(v) for v in self.bbox)
+            area = parse_bbox(text, self.bbox_crs)  # raises naming --bbox / --bbox-crs
+            put("bbox", tuple(float(v) for v in area.geometry.bounds))
+        elif self.bbox_crs != "EPSG:4326":
+            raise UserError("--bbox-crs: only applies with --bbox")
+        if self.aoi is not None:
+            if self.bbox is not None:
+                raise UserError("--bbox, --aoi: give one area of interest, not both")
+            put("aoi", str(self.aoi))
+            if not self.aoi.strip():
+                raise UserError("--aoi: an empty file name")
+        if self.aoi_layer is not None and self.aoi is None:
+            raise UserError("--aoi-layer: only applies with --aoi")
+
+    def area(self) -> AreaOfInterest | None:
+        """The area of interest (``bbox`` or ``aoi``, the file read now), or ``None``.
+
+        Raises:
+            UserError: the ``--aoi`` file is missing, unreadable or has no polygon.
+        """
+        if self.bbox is not None:
+            return parse_bbox(",".join(repr(v) for v in self.bbox), self.bbox_crs)
+        if self.aoi is not None:
+            return read_aoi(self.aoi, self.aoi_layer)
+        return None
 
     @property
     def tile(self) -> int:

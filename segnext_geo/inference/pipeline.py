@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from ..outputs import atomic_output
+from ..raster.aoi import SceneArea
 from ..raster.normalize import Normalization
 from ..raster.source import SceneSource
 from ..raster.writer import RasterSpec, StreamedGeoTIFF
-from .grid import TileGrid
+from .grid import Rect, TileGrid
 from .loader import TileData, TileLoader
 from .options import WRITER_QUEUE, PredictOptions
 from .runner import InferenceRunner
@@ -47,13 +48,20 @@ class CoreWriter:
     """The writer stage: one thread writes finished cores (and spilled partial sums), in order.
 
     At most ``max_pending`` jobs wait (back-pressure bounds memory). :meth:`close` cancels what
-    has not started and waits for what has, so nothing writes after it returns.
+    has not started and waits for what has, so nothing writes after it returns. ``frame``: the
+    scene rectangle the outputs cover (an area of interest's window; ``None``: the whole scene);
+    cores are cut to it and written at their place in it.
     """
 
     def __init__(
-        self, classes: StreamedGeoTIFF, probs: StreamedGeoTIFF | None, max_pending: int = WRITER_QUEUE
+        self,
+        classes: StreamedGeoTIFF,
+        probs: StreamedGeoTIFF | None,
+        max_pending: int = WRITER_QUEUE,
+        frame: Rect | None = None,
     ) -> None:
         self.classes, self.probs = classes, probs
+        self.frame = frame
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="segnext-write")
         self._pending: deque[Future[Any]] = deque()
         self._max = max(1, max_pending)
@@ -73,6 +81,16 @@ class CoreWriter:
     def _write(self, core: FinishedCore) -> None:
         classes, probs, valid = core.numpy()  # waits for the device-to-host copy on this thread
         window = core.rect.window()
+        if self.frame is not None:
+            f, c = self.frame, core.rect
+            part = c.intersect(f)
+            if part.empty:
+                return
+            rows = slice(part.y0 - c.y0, part.y1 - c.y0)
+            cols = slice(part.x0 - c.x0, part.x1 - c.x0)
+            classes, valid = classes[rows, cols], valid[rows, cols]
+            probs = None if probs is None else probs[:, rows, cols]
+            window = Rect(part.y0 - f.y0, part.x0 - f.x0, part.y1 - f.y0, part.x1 - f.x0).window()
         self.classes.write(classes[None], window)
         if self.probs is not None and probs is not None:
             self.probs.write(probs, window, valid)
@@ -113,8 +131,13 @@ def open_stages(
     probs_path: Path | None,
     specs: tuple[RasterSpec, RasterSpec],
     overwrite: bool,
+    area: SceneArea | None = None,
 ) -> Iterator[Stages]:
     """Open the outputs (temporary files renamed into place on success) and the four stages.
+
+    With ``area`` (an area of interest on the scene), the outputs cover its window
+    (``specs`` must be sized to it), only tiles touching it are read and run, and pixels
+    outside it are nodata.
 
     On any exception, Ctrl-C included, the reader threads stop, then the writer thread, then
     the spill folder and the scratch files go, then the temporary outputs: nothing is left.
@@ -128,7 +151,11 @@ def open_stages(
         if probs_tmp is not None and probs_path is not None:
             probs_out = StreamedGeoTIFF(probs_tmp, scratch_path(probs_path), specs[1])
             stack.callback(probs_out.close)
-        writer = CoreWriter(classes_out, probs_out)
+        frame = None
+        if area is not None and area.window is not None:
+            w = area.window
+            frame = Rect(int(w.row_off), int(w.col_off), int(w.row_off + w.height), int(w.col_off + w.width))
+        writer = CoreWriter(classes_out, probs_out, frame=frame)
         partials = PartialStore(raster_path.parent, writer.submit, runner.ops)
         stack.callback(partials.close)  # runs after writer.close: the writer may be writing into it
         stack.callback(writer.close)
@@ -136,7 +163,9 @@ def open_stages(
             probs_mode = options.probs_mode if probs_out else None
             stitcher = Stitcher(grid, int(runner.num_classes or 0), options.blend, runner.ops, probs_mode, partials)
         prefetch = options.batch_size + 2 * max(1, options.workers)
-        reader = stack.enter_context(TileLoader(source, norm, grid.tiles, options.workers, prefetch=prefetch))
+        reader = stack.enter_context(
+            TileLoader(source, norm, grid.tiles, options.workers, prefetch=prefetch, area=area)
+        )
         yield Stages(reader, runner, stitcher, writer, partials)
 
 

@@ -17,27 +17,33 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import rasterio
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
 from torch import nn
 
 from ..errors import UserError
 from ..models import ModelMeta, load_model
 from ..outputs import check_outputs, sigterm_as_interrupt
+from ..raster.aoi import SceneArea, locate_aoi
 from ..raster.normalize import compute_normalization
 from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene
+from ..raster.stac import StacScene
+from ..raster.writer import RasterSpec
 from .blend import effective_mode
-from .grid import TileGrid
+from .grid import Rect, TileGrid
+from .inputs import AreaMissesScene, resolve_input
 from .metadata import model_digest, model_name, output_specs, provenance_tags
 from .options import GDAL_CACHE_BYTES, RASTER_SUFFIXES, VECTOR_SUFFIXES, MemoryPlan, PredictOptions, plan_memory
 from .pipeline import open_stages, stream
 from .runner import InferenceRunner
 
-__all__ = ["PredictResult", "predict_scene"]
+__all__ = ["AreaMissesScene", "PredictResult", "predict_scene"]
 
 log = logging.getLogger("segnext_geo.inference")
 
@@ -53,7 +59,8 @@ class PredictResult:
     ``pixels``: valid (non-nodata) pixels; ``tiles``/``skipped_tiles``: tiles in the grid and tiles
     skipped because all their pixels are nodata; ``polygons``: features written (vector output);
     ``forward_s``: seconds inside model forwards (timed by the runner); ``plan``: the tile,
-    working set and estimated peak memory used; ``runner``: how the model ran.
+    working set and estimated peak memory used; ``runner``: how the model ran; ``window``: with an
+    area of interest, the scene window the outputs cover (``None``: the whole scene).
     """
 
     out: Path
@@ -68,10 +75,11 @@ class PredictResult:
     forward_s: float = 0.0
     plan: MemoryPlan | None = None
     runner: dict[str, object] = field(default_factory=dict)
+    window: Window | None = None
 
 
 def predict_scene(
-    scene: str | Path,
+    scene: str | Path | StacScene,
     model_or_checkpoint: ModelInput,
     out: str | Path,
     options: PredictOptions | None = None,
@@ -85,7 +93,10 @@ def predict_scene(
     """Segment ``scene`` tile by tile and write a class raster matching it pixel for pixel.
 
     Args:
-        scene: any raster GDAL opens (GeoTIFF, COG, VRT, JP2, ``/vsi...``); read window by window.
+        scene: any raster GDAL opens (GeoTIFF, COG, VRT, JP2, ``/vsi...``, an http(s) URL), read
+            window by window; or a STAC Item (a ``.json`` file, an http(s) URL, or a
+            :class:`~segnext_geo.raster.stac.StacScene`): its asset is chosen by
+            ``options.asset`` and its id and datetime go into the outputs' tags and ``source``.
         model_or_checkpoint: a checkpoint (path, or any name :func:`~segnext_geo.models.load_model`
             takes), a :class:`~segnext_geo.models.SegNeXt`, any ``nn.Module`` mapping normalised
             ``(N, C, H, W)`` float to logits ``(N, K, H, W)`` (then pass ``meta``), or a ready
@@ -103,29 +114,42 @@ def predict_scene(
 
     Raises:
         UserError: bad input file, option or output path (one line naming it).
+        AreaMissesScene: the area of interest (``options.bbox``/``options.aoi``) does not overlap
+            the scene (a :class:`UserError`; ``batch`` records the scene as skipped).
     """
     t0 = time.perf_counter()
     opts = options if options is not None else PredictOptions()
-    paths = _check_paths(scene, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite)
-    with _quiet_rasterio():
-        check_scene(scene)
+    src = resolve_input(scene, opts.asset)
+    area_of_interest = opts.area()  # read the --aoi file before any work
+    paths = _check_paths(src.local, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite)
+    with _quiet_rasterio(), src.environment():
+        check_scene(src.path)
         runner, meta = _runner(model_or_checkpoint, meta, opts)
-        info = open_scene(scene, opts.bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
-    plan, grid, notes = _plan(info, meta, runner, opts, paths)
+        bands = opts.bands if opts.bands is not None else src.bands
+        info = open_scene(src.path, bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
+        area = None
+        if area_of_interest is not None:
+            area = locate_aoi(area_of_interest, info.crs, info.transform, info.width, info.height, src.name)
+            if area.window is None:
+                raise AreaMissesScene(f"{area_of_interest.label}: does not overlap {src.name}")
+    plan, grid, notes = _plan(info, meta, runner, opts, paths, area)
     forward_before = runner.forward_seconds()
-    with _run_environment(paths.raster), SceneSource(info) as source:
+    with _run_environment(paths.raster), src.environment(), SceneSource(info) as source:
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
         made = _provenance(model_or_checkpoint, meta, runner, grid, opts, norm.describe(), info.bands)
-        specs = output_specs(info, meta, made, opts.probs_mode)
+        specs = _framed(output_specs(info, meta, made, opts.probs_mode), info, area, src.tags)
         with (
-            open_stages(source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite) as stages,
-            _progress_bar(len(grid), info.path, progress) as bar,
+            open_stages(
+                source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite, area
+            ) as stages,
+            _progress_bar(len(grid), src.label, progress) as bar,
         ):
             counts = stream(stages, grid, opts.batch_size, bar.update)
     if counts.pixels == 0:
-        notes.append(f"{info.path}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
+        where = f"{src.name} inside {area.label}" if area is not None else src.name
+        notes.append(f"{where}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
         log.warning(notes[-1])
-    polygons = _vectorize(paths, meta, opts, scene, overwrite, progress)
+    polygons = _vectorize(paths, meta, opts, src.source, overwrite, progress)
     return PredictResult(
         out=paths.out,
         mask_path=paths.mask,
@@ -139,7 +163,30 @@ def predict_scene(
         forward_s=runner.forward_seconds() - forward_before,
         plan=plan,
         runner=runner.describe(),
+        window=area.window if area is not None else None,
     )
+
+
+def _framed(
+    specs: tuple[RasterSpec, RasterSpec], info: SceneInfo, area: SceneArea | None, tags: dict[str, str]
+) -> tuple[RasterSpec, RasterSpec]:
+    """The output specs cut to the area's window (same pixel size and CRS, the transform moved to
+    the window's corner) and carrying ``tags`` (the STAC Item's) and the area's label."""
+    extra = dict(tags)
+    changes: dict[str, Any] = {}
+    if area is not None and area.window is not None:
+        w = area.window
+        extra["AREA_OF_INTEREST"] = area.label
+        extra["AREA_WINDOW"] = f"{int(w.col_off)},{int(w.row_off)},{int(w.width)},{int(w.height)}"
+        changes = {
+            "width": int(w.width),
+            "height": int(w.height),
+            "transform": info.transform @ Affine.translation(int(w.col_off), int(w.row_off)),
+        }
+    if not extra and not changes:
+        return specs
+    a, b = (replace(s, tags={**s.tags, **extra}, **changes) for s in specs)
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -159,9 +206,17 @@ class _Paths:
 
 
 def _plan(
-    info: SceneInfo, meta: ModelMeta, runner: InferenceRunner, opts: PredictOptions, paths: _Paths
+    info: SceneInfo,
+    meta: ModelMeta,
+    runner: InferenceRunner,
+    opts: PredictOptions,
+    paths: _Paths,
+    area: SceneArea | None = None,
 ) -> tuple[MemoryPlan, TileGrid, list[str]]:
-    """The memory plan, the tile grid and the run's notes (logged here); decides ``compile="auto"``."""
+    """The memory plan, the tile grid and the run's notes (logged here); decides ``compile="auto"``.
+
+    With an area of interest the grid is the whole scene's, cut to the tile rows and columns
+    over the area's window (:class:`~.grid.TileGrid` ``region``)."""
     notes = list(info.notes)  # already logged by open_scene
     new: list[str] = []
     if info.crs is None and not info.gcps:
@@ -184,8 +239,13 @@ def _plan(
     new += plan.notes
     for note in new:
         log.warning(note)
-    grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set)
-    runner.plan(len(grid), (grid.th, grid.tw))
+    region = None
+    if area is not None and area.window is not None:
+        w = area.window
+        region = Rect(int(w.row_off), int(w.col_off), int(w.row_off + w.height), int(w.col_off + w.width))
+    grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set, region)
+    run = len(grid) if area is None else int(area.tiles_touching([t.rect for t in grid.tiles]).sum())
+    runner.plan(run, (grid.th, grid.tw))
     return plan, grid, notes + new
 
 
@@ -225,14 +285,14 @@ def _run_environment(raster: Path) -> Iterator[None]:
         yield
 
 
-def _progress_bar(tiles: int, scene: str, progress: bool) -> Any:
+def _progress_bar(tiles: int, label: str, progress: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=tiles, unit="tile", desc=Path(scene).name, disable=not progress, dynamic_ncols=True)
+    return tqdm(total=tiles, unit="tile", desc=label, disable=not progress, dynamic_ncols=True)
 
 
 def _check_paths(
-    scene: str | Path,
+    scene: str | Path | None,
     model_or_checkpoint: ModelInput,
     out: str | Path,
     probs_out: str | Path | None,
@@ -261,7 +321,7 @@ def _check_paths(
     if opts.vector is not None and not vector:
         flags = _vector_flags(opts) or "vectorize options"
         raise UserError(f"{flags}: only apply to polygons; --out {out_path} is a raster (use .gpkg, .fgb ...)")
-    inputs: list[str | Path] = [scene]
+    inputs: list[str | Path] = [scene] if scene is not None else []
     if isinstance(model_or_checkpoint, str | Path):
         inputs.append(model_or_checkpoint)
     given = [("--out", out_path), ("--probs-out", probs_path), ("--mask-out", mask_path)]
