@@ -119,8 +119,14 @@ def child(args: argparse.Namespace) -> None:
     )
     model = load_model(args.checkpoint)
     runner = InferenceRunner(
-        model, options.device, precision=options.precision, compile=options.compile, tta=options.tta
-    )  # exactly what predict_scene builds from these options
+        model,
+        options.device,
+        precision=options.precision,
+        compile=options.compile,
+        deterministic=options.deterministic,
+        tta=options.tta,
+        num_classes=model.meta.num_classes,
+    )  # exactly what predict_scene builds from these options (inference/predict.py, _runner)
     tile = min(args.tile_size, args.size)
     x = torch.randn(1, 3, tile, tile)
     runner(x)  # warm-up (oneDNN builds its kernels on first use) before either measurement
