@@ -17,7 +17,11 @@ so a machine whose load drifts affects both sides alike; ``--clock cpu`` runs on
 and times its CPU time instead of the wall clock, which other jobs on the machine barely move.
 Prints ms per image, the ratio to eager (target: default <= 0.5x for T and B at 512^2), the max
 |diff| relative to the largest logit and the label agreement with the fp32 output of the same NMF
-bases, GMACs and % of a measured GEMM peak. Ends with the peak RSS.
+bases, GMACs and % of a measured GEMM peak. Two more rows time exactly what ``predict`` runs per
+tile, ``runner.probabilities`` of the default runner (its forward with the final upsampling done
+on class planes, then an in-place softmax), against the same work done the plain way ("eager+smax":
+the eager forward and ``softmax``); their "rel diff" is the max absolute probability difference.
+Ends with the peak RSS.
 
     python benchmarks/model_speed.py                           # T, S, B, L at 512^2
     python benchmarks/model_speed.py --variants t,b --compile  # + compiled, compile cost, threshold
@@ -166,8 +170,16 @@ def main() -> None:
                 with torch.no_grad():
                     return m(x)
 
+            def run_eager_softmax(x: torch.Tensor = x, m: torch.nn.Module = eager) -> torch.Tensor:
+                with torch.no_grad():
+                    return m(x).softmax(1)
+
             fns: dict[str, Callable[[], object]] = {"eager": run_eager}
             fns |= {name: (lambda r=r, x=x: r(x)) for name, r in runners.items()}
+            # what predict runs per tile: the default runner's probabilities (its forward with the
+            # final upsampling done on class planes, then an in-place softmax) against the same
+            # work done the plain way (eager forward + softmax)
+            fns |= {"eager+softmax": run_eager_softmax, "predict": lambda r=runners["default"], x=x: r.probabilities(x)}
             times = interleaved(fns, args.repeats, device)
             with torch.no_grad():
                 ref = det(x)  # same (deterministic) NMF bases as the runners, fp32, unfused
@@ -183,6 +195,17 @@ def main() -> None:
                     f"{row}{name:>12}{times[name] * 1e3:>9.0f}{times[name] / times['eager']:>8.2f}x{rel:>10.1e}"
                     f"{agree * 100:>9.4f}%{pct:>7.1f}%"
                 )
+            probs = runners["default"].probabilities(x)
+            with torch.no_grad():
+                ref_p = ref.softmax(1)
+            rel = float((probs - ref_p).abs().max())
+            agree = float((probs.argmax(1) == ref.argmax(1)).float().mean())
+            print(f"{row}{'eager+smax':>12}{times['eager+softmax'] * 1e3:>9.0f}{1.0:>8.2f}x{'-':>10}{'-':>10}{'-':>8}")
+            ratio = times["predict"] / times["eager+softmax"]
+            print(
+                f"{row}{'predict':>12}{times['predict'] * 1e3:>9.0f}{ratio:>8.2f}x{rel:>10.1e}"
+                f"{agree * 100:>9.4f}%{'-':>8}"
+            )
             if args.compile and device.type == "cpu":
                 cold, warm = compile_cost(v, size)
                 gain_per_mpix = (times["default"] - times["compiled"]) / (size * size / 1e6)

@@ -11,6 +11,8 @@ bare forwards: a loop over tiles of the same shape (``--baseline-tiles`` of them
 scene's tile count; 0 times all). It prints:
 
 - ratio = pipeline wall time / bare-forward time (target <= 1.10);
+- the same ratio in process CPU seconds (every thread of the process: reader threads, writer,
+  forwards), which other jobs on a shared machine barely move, unlike the wall clock;
 - the pipeline's own forward share (forwards inside the run / its wall time), which needs no
   second measurement and so is immune to load changes between the two;
 - MPix/s, peak RSS and the RSS peak per quarter of the run (flat once the first super-tile row
@@ -119,34 +121,41 @@ def child(args: argparse.Namespace) -> None:
     )
     model = load_model(args.checkpoint)
     runner = InferenceRunner(
-        model, options.device, precision=options.precision, compile=options.compile, tta=options.tta
-    )  # exactly what predict_scene builds from these options
+        model,
+        options.device,
+        precision=options.precision,
+        compile=options.compile,
+        deterministic=options.deterministic,
+        tta=options.tta,
+        num_classes=model.meta.num_classes,
+    )  # exactly what predict_scene builds from these options (inference/predict.py, _runner)
     tile = min(args.tile_size, args.size)
     x = torch.randn(1, 3, tile, tile)
     runner(x)  # warm-up (oneDNN builds its kernels on first use) before either measurement
     runner.timer.reset()
 
     sampler = RSSSampler()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     probs = Path(args.workdir) / f"probs_{args.size}.tif" if args.probs else None
     r = predict_scene(
         args.scene, runner, Path(args.workdir) / f"classes_{args.size}.tif", options,
         probs_out=probs, overwrite=True, progress=not args.quiet,
     )  # fmt: skip
-    pipeline_s = time.perf_counter() - t0
+    pipeline_s, pipeline_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     quarters = sampler.stop()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     forward_in_pipeline = r.forward_s
 
     n = r.tiles - r.skipped_tiles
     timed_tiles = n if args.baseline_tiles <= 0 else min(n, args.baseline_tiles)
-    baseline_s = float("nan")
+    baseline_s = baseline_cpu_s = float("nan")
     if timed_tiles:
         runner.timer.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(timed_tiles):
             runner(x)  # the same runner, the same fused path, one tile per forward as predict runs it
         baseline_s = (time.perf_counter() - t0) * n / timed_tiles
+        baseline_cpu_s = (time.process_time() - c0) * n / timed_tiles
     assert r.plan is not None
     print(
         json.dumps(
@@ -159,6 +168,8 @@ def child(args: argparse.Namespace) -> None:
                 "pipeline_s": pipeline_s,
                 "forward_in_pipeline_s": forward_in_pipeline,
                 "baseline_s": baseline_s,
+                "pipeline_cpu_s": pipeline_cpu_s,
+                "baseline_cpu_s": baseline_cpu_s,
                 "peak_rss_mb": peak_kb / 1024,
                 "rss_quarters_mb": quarters,
                 "estimate_mb": r.plan.peak_bytes / 2**20,
@@ -197,21 +208,25 @@ def speed(args: argparse.Namespace, work: Path, ckpt: Path) -> None:
     print(f"tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, {args.workers} reader threads\n")
     print(
         "| scene | tiles | pipeline s | bare forwards s | ratio | forwards in the run s | forward share "
-        "| MPix/s | km²/h at 0.5 m | peak RSS MB | estimate MB |"
+        "| CPU s pipeline / bare | CPU ratio | MPix/s | km²/h at 0.5 m | peak RSS MB | estimate MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         mpix = r["size"] ** 2 / 1e6 / r["pipeline_s"]
         km2h = mpix * 1e6 * 0.25 / 1e6 * 3600
         ratio = r["pipeline_s"] / r["baseline_s"]
         share = r["forward_in_pipeline_s"] / r["pipeline_s"]
+        cpu_ratio = r["pipeline_cpu_s"] / r["baseline_cpu_s"]
         print(
             f"| {r['size']}² | {r['tiles']} | {r['pipeline_s']:.1f} | {r['baseline_s']:.1f} | {ratio:.3f} "
-            f"| {r['forward_in_pipeline_s']:.1f} | {share:.1%} | {mpix:.3f} | {km2h:.1f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['forward_in_pipeline_s']:.1f} | {share:.1%} "
+            f"| {r['pipeline_cpu_s']:.1f} / {r['baseline_cpu_s']:.1f} | {cpu_ratio:.3f} "
+            f"| {mpix:.3f} | {km2h:.1f} | {r['peak_rss_mb']:.0f} "
             f"| {r['estimate_mb']:.0f} |"
         )
     print("\nratio: pipeline wall time / the same runner's bare forwards over as many tiles (target <= 1.10)")
     print("forward share: forwards timed inside the pipeline run / its wall time (same run, load-proof)")
+    print("CPU ratio: process CPU seconds (all threads) of the run / of the bare forwards (robust to other jobs)")
     for r in results:
         q = ", ".join(f"{v:.0f}" for v in r["rss_quarters_mb"])
         print(f"RSS peak per quarter of the {r['size']}² run (MB): {q}")
