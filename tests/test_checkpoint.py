@@ -133,11 +133,17 @@ def test_empty_file(tmp_path: Path) -> None:
         load_model(tmp_path / "e.pth")
 
 
-@pytest.mark.parametrize("payload", [b"this is not a checkpoint\n" * 20, b"PK\x03\x04garbage" * 50])
-def test_corrupt_file(tmp_path: Path, payload: bytes) -> None:
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"this is not a checkpoint\n" * 20, r"is a text file, not a model checkpoint \(it starts 'this is not"),
+        (b"PK\x03\x04garbage" * 50, r"not a readable PyTorch checkpoint"),
+    ],
+)
+def test_corrupt_file(tmp_path: Path, payload: bytes, problem: str) -> None:
     path = tmp_path / "corrupt.pth"
     path.write_bytes(payload)
-    with pytest.raises(CheckpointError, match=r"corrupt\.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=rf"corrupt\.pth: {problem}"):
         load_model(path)
 
 
