@@ -221,5 +221,5 @@ def test_info_bad_file_is_one_line_without_traceback(tmp_path: Path) -> None:
     path.write_text("junk")
     r = _cli("info", str(path))
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("error: ") and str(path) in r.stderr
+    assert r.stderr.strip() == f"error: {path}: is a text file, not a model checkpoint (it starts 'junk')"
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -434,7 +434,7 @@ def test_models_command_line(
     code, _, err = cli("download", "segnext_s_isaid", "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "segnext-geo models import" in err
     code, _, err = cli("download", "segnext_q_isaid")
-    assert code == 2 and "did you mean" in err
+    assert code == 2 and "segnext_q_isaid" in err and "did you mean" in err, err
     code, out, _ = cli("info", NAME)
     assert "licence" in out and "research" in out and "Ground_Track_Field" in out
     code, out, _ = cli("list", "--json")
