@@ -398,8 +398,11 @@ def test_isaid_dataset_reads_patches_and_names_bad_files(
     ds = ISAID(out, "val")
     assert len(ds) == 5
     image, label = ds.load(0)
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-    assert label.shape == (64, 64) and label.max() <= 255
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and label.shape == (64, 64)
+    # P0002 (64 x 40) padded to the 64 px patch as mmseg's converter does: image 0, label 255
+    raw_image, raw_ids = _scene("P0002", 64, 40)
+    assert (image[:, :40] == raw_image).all() and (image[:, 40:] == 0).all()
+    assert (label[:, :40] == raw_ids).all() and (label[:, 40:] == 255).all()
     item = ds[0]
     assert tuple(item["image"].shape) == (3, 64, 64) and tuple(item["mask"].shape) == (64, 64)
 
