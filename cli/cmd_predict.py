@@ -52,7 +52,7 @@ class ProbsMode(StrEnum):
 
 @app.command()
 def predict(
-    scene: Annotated[Path, typer.Argument(help="Input raster GDAL opens: GeoTIFF, COG, VRT, JP2 ...")],
+    scene: Annotated[str, typer.Argument(help="Input raster GDAL opens: GeoTIFF, COG, VRT, JP2, /vsi... paths.")],
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Class raster (.tif), or polygons (.gpkg, .parquet, .fgb, .geojson, .shp)."),
