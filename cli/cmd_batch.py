@@ -16,6 +16,7 @@ from .predict_options import (
     BlendOpt,
     Compile,
     CompileOpt,
+    Connectivity,
     Deterministic,
     Device,
     FillHoles,
@@ -78,6 +79,7 @@ def batch(
     fill_holes_below: FillHoles = None,
     simplify: Simplify = None,
     keep_background: KeepBackground = False,
+    connectivity: Connectivity = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.

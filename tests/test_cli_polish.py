@@ -97,6 +97,17 @@ def test_simplify_is_described_in_the_same_words_everywhere() -> None:
     assert helps["predict"] == helps["batch"] == f"Vector output: {helps['vectorize']}"
 
 
+def test_predict_and_batch_share_every_vector_option() -> None:
+    """batch writes polygons as predict does: the same vector flags, described in the same words."""
+    opts = {
+        " ".join(path): {p.opts[0]: p.help for p in cmd.params if p.param_type_name == "option"}
+        for path, cmd in COMMANDS
+    }
+    vector = {"--min-area", "--fill-holes-below", "--simplify", "--connectivity", "--keep-background"}
+    assert vector <= set(opts["predict"]) and vector <= set(opts["batch"])
+    assert all(opts["predict"][f] == opts["batch"][f] for f in vector)
+
+
 # --- empty files and files of the wrong kind ---------------------------------------------------
 
 
