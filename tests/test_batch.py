@@ -134,6 +134,8 @@ def test_cli_exit_code_summary_and_merge_crs(archive: Path, tmp_path: Path, tiny
         str(merged),
         "--merge-crs",
         "EPSG:3857",
+        "--keep-background",
+        "--mask",
         "--quiet",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
@@ -142,6 +144,11 @@ def test_cli_exit_code_summary_and_merge_crs(archive: Path, tmp_path: Path, tiny
     assert "broken.tif" in r.stderr and "Traceback" not in r.stderr
     gdf = pyogrio.read_dataframe(merged)
     assert gdf.crs.to_epsg() == 3857 and set(gdf["source"].map(lambda p: Path(p).name)) <= {"g0.tif", "g1.tif"}
+    # --keep-background: every class of each scene's class raster has polygons, background included
+    for name in ("g0", "g1"):
+        with rasterio.open(out / f"{name}.mask.tif") as src:
+            present = set(np.unique(src.read(1)).tolist()) - {255}
+        assert 0 in present and set(pyogrio.read_dataframe(out / f"{name}.gpkg")["class_id"]) == present
 
 
 def _free_port() -> int:
