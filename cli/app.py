@@ -58,8 +58,22 @@ def _setup_logging() -> None:
         logging.getLogger("rasterio").addHandler(logging.NullHandler())
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the package version and stop (before any command runs)."""
+    if value:
+        from segnext_geo import __version__
+
+        typer.echo(f"segnext-geo {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """SegNeXt segmentation of huge GeoTIFF scenes into georeferenced rasters and polygons."""
     _setup_logging()
 

@@ -60,8 +60,8 @@ def predict(
     scene: Annotated[
         str,
         typer.Argument(
-            help="Input raster GDAL opens (GeoTIFF, COG, VRT, JP2 ..., or an http(s) URL of one), or a STAC Item "
-            "(.json file or http(s) URL)."
+            help="Input raster GDAL opens (GeoTIFF, COG, VRT, JP2, /vsi... paths, or an http(s) URL of one), "
+            "or a STAC Item (.json file or http(s) URL)."
         ),
     ],
     out: Annotated[

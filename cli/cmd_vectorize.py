@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app
+from .predict_options import SIMPLIFY_HELP
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -44,7 +45,7 @@ def vectorize(
     ] = None,
     simplify: Annotated[
         str | None,
-        typer.Option(help="Coverage-simplify: tolerance in metres, or pixels with 'px' (2.5, 1.5px; 0: off)."),
+        typer.Option(help=SIMPLIFY_HELP),
     ] = None,
     connectivity: Annotated[int, typer.Option(help="4: pixels sharing an edge; 8: also a corner.")] = 4,
     block_size: Annotated[int, typer.Option(help="Block side in pixels (memory grows with its square).")] = 2048,

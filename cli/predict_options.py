@@ -91,9 +91,11 @@ NormalizationOpt = Annotated[
 ]
 MinArea = Annotated[float | None, typer.Option(help="Vector output: drop polygons smaller than this (m²).")]
 FillHoles = Annotated[float | None, typer.Option(help="Vector output: fill holes smaller than this (m²).")]
-Simplify = Annotated[
-    str | None, typer.Option(help="Vector output: simplification tolerance in metres, or pixels with 'px' (1.5px).")
-]
+#: ``--simplify`` is described in these words by predict, batch and vectorize.
+SIMPLIFY_HELP = (
+    "Coverage-simplify (neighbours keep shared edges): tolerance in metres, or pixels with 'px' (2.5, 1.5px; 0: off)."
+)
+Simplify = Annotated[str | None, typer.Option(help=f"Vector output: {SIMPLIFY_HELP}")]
 Connectivity = Annotated[int | None, typer.Option(help="Vector output: pixel connectivity, 4 or 8 (default 4).")]
 KeepBackground = Annotated[bool, typer.Option("--keep-background", help="Vector output: also write class 0 polygons.")]
 

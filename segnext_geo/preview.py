@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import UserError
 from .models.meta import default_palette
+from .raster.source import open_raster
 
 __all__ = ["render_preview"]
 
@@ -43,15 +44,31 @@ def _read_rgb(src: Any, bands: Sequence[int], shape: tuple[int, int]) -> np.ndar
     return out
 
 
+def _read_polygons(path: Path) -> Any:
+    """A GeoDataFrame with a ``class_id`` column, or one clear line: missing, empty, not vector, no class_id."""
+    import geopandas as gpd
+    import pyogrio
+
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes)")
+    try:
+        gdf = gpd.read_file(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError) as e:
+        raise UserError(f"{path}: not a vector file GDAL can read ({' '.join(str(e).split())[:120]})") from None
+    if len(gdf) and "class_id" not in gdf:
+        raise UserError(f"{path}: has no class_id column (write polygons with segnext-geo predict or vectorize)")
+    return gdf
+
+
 def _class_info(path: Path | None) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Class names and colours from a class raster's tags and colour table, if any."""
     names: list[str] = []
     colours = default_palette(256)
     if path is None:
         return names, colours
-    import rasterio
-
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         tag = src.tags().get("class_names")
         if tag:
             try:
@@ -68,10 +85,9 @@ def _class_info(path: Path | None) -> tuple[list[str], list[tuple[int, int, int]
 
 def _class_image(path: Path, shape: tuple[int, int], colours: Sequence[tuple[int, int, int]]) -> np.ndarray:
     """RGBA (H', W', 4) of a class raster: nearest-neighbour downsample; nodata and class 0 transparent."""
-    import rasterio
     from rasterio.enums import Resampling
 
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         cls = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         nodata = src.nodata
     lut = np.zeros((256, 4), np.float32)
@@ -110,21 +126,18 @@ def render_preview(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import rasterio
     from matplotlib.patches import Patch
 
     from .outputs import atomic_output
 
     scene = Path(scene)
-    if not scene.is_file():
-        raise UserError(f"{scene}: no such file")
     if polygons is None and mask is None:
         raise UserError("preview: give --polygons or --mask")
-    try:
-        src = rasterio.open(scene)
-    except rasterio.errors.RasterioIOError as e:
-        raise UserError(f"{scene}: not a readable raster ({' '.join(str(e).split())[:120]})") from None
-    with src:
+    for extra in (mask, truth):
+        if extra is not None:
+            open_raster(extra).close()  # missing, empty or not a raster: one line before any drawing
+    gdf = _read_polygons(Path(polygons)) if polygons is not None else None
+    with open_raster(scene) as src:
         scale = max(src.height, src.width) / max_size
         shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
         bands = list(bands or ([1, 2, 3] if src.count >= 3 else [1]))
@@ -137,10 +150,7 @@ def render_preview(
     ax = axes[0, 0]
     ax.imshow(rgb, extent=extent, interpolation="bilinear")
     present: set[int] = set()
-    if polygons is not None:
-        import geopandas as gpd
-
-        gdf = gpd.read_file(polygons)
+    if gdf is not None:
         if len(gdf):
             if crs is not None and gdf.crs is not None and gdf.crs != crs:
                 gdf = gdf.to_crs(crs)
@@ -164,9 +174,7 @@ def render_preview(
         ax2.imshow(rgb, extent=extent, interpolation="bilinear")
         ax2.imshow(_class_image(Path(truth), shape, colours), extent=extent, interpolation="nearest")
         ax2.set_title("ground truth")
-        import rasterio as rio
-
-        with rio.open(truth) as t:
+        with open_raster(truth) as t:
             present |= {int(v) for v in np.unique(t.read(1, out_shape=shape)) if v not in (0, t.nodata)}
     for a in axes[0]:
         a.set_xlim(0, w)

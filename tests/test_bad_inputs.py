@@ -1,6 +1,6 @@
 """A table-driven corpus of bad inputs across every command.
 
-Each case asserts: a non-zero exit, one line on stderr that names the file or option and
+Each case asserts: exit code 2, one line on stderr that names the file or option and
 the problem, no traceback, nothing left at the output path, and inputs left unchanged.
 The commands run in-process through the real console entry point (``main``), as a user runs them.
 """
@@ -50,7 +50,7 @@ class Case:
 
     id: str
     argv: list[str]
-    expect: str  # a fragment of the one-line message
+    expect: str  # the problem: a fragment of the one-line message (placeholders allowed)
     names: str  # the file or option the message must name (after substitution)
     output: str | None = None  # must not exist afterwards
     setup: Callable[[Path], None] | None = None
@@ -128,14 +128,14 @@ CASES = [
     Case(
         "predict-missing-scene",
         ["predict", "{tmp}/nope.tif", "-c", "{ckpt}", "-o", "{tmp}/o.tif"],
-        "",
+        "nope.tif: no such file",
         "{tmp}/nope.tif",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-directory",
         ["predict", "{tmp}/adir.tif", "-c", "{ckpt}", "-o", "{tmp}/o.tif"],
-        "",
+        "adir.tif: is a directory, not a raster",
         "{tmp}/adir.tif",
         "{tmp}/o.tif",
         _dir_input,
@@ -143,7 +143,7 @@ CASES = [
     Case(
         "predict-empty-file",
         ["predict", "{tmp}/empty.tif", "-c", "{ckpt}", "-o", "{tmp}/o.tif"],
-        "",
+        "empty.tif: is empty (0 bytes), not a raster",
         "{tmp}/empty.tif",
         "{tmp}/o.tif",
         _empty,
@@ -151,7 +151,7 @@ CASES = [
     Case(
         "predict-text-file-called-tif",
         ["predict", "{tmp}/text.tif", "-c", "{ckpt}", "-o", "{tmp}/o.tif"],
-        "",
+        "text.tif: not a raster GDAL can read",
         "{tmp}/text.tif",
         "{tmp}/o.tif",
         _text_tif,
@@ -159,7 +159,7 @@ CASES = [
     Case(
         "predict-truncated-tiff",
         ["predict", "{tmp}/truncated.tif", "-c", "{ckpt}", "-o", "{tmp}/o.tif"],
-        "",
+        "truncated.tif: cannot read its last block (corrupt or truncated file?)",
         "{tmp}/truncated.tif",
         "{tmp}/o.tif",
         _truncated,
@@ -199,7 +199,7 @@ CASES = [
     Case(
         "predict-unknown-extension",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.xyz"],
-        "",
+        "o.xyz: unsupported extension .xyz",
         "{tmp}/o.xyz",
         "{tmp}/o.xyz",
     ),
@@ -214,14 +214,14 @@ CASES = [
     Case(
         "predict-missing-output-dir",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/no/such/dir/o.tif"],
-        "",
+        "dir does not exist",
         "{tmp}/no/such/dir",
         "{tmp}/no/such/dir/o.tif",
     ),
     Case(
         "predict-read-only-output-dir",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{ro}/o.tif"],
-        "",
+        "is not writable",
         "{ro}",
         "{ro}/o.tif",
         needs=("ro",),
@@ -252,42 +252,42 @@ CASES = [
     Case(
         "predict-bad-bands",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--bands", "1,x,3"],
-        "",
+        "'1,x,3' is not a comma-separated list of band numbers",
         "--bands",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-band-out-of-range",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--bands", "1,2,9"],
-        "",
+        "band 9 does not exist in {scene} (it has 3 band(s))",
         "--bands",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-negative-overlap",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--overlap", "-5"],
-        "",
+        "must be between 0 and half the tile size (512 px), got -5",
         "--overlap",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-overlap-ge-tile",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--tile-size", "256", "--overlap", "256"],
-        "",
+        "must be between 0 and half the tile size (128 px), got 256",
         "--overlap",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-tile-too-small",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--tile-size", "16"],
-        "",
+        "16 px is too small; use at least 64 px",
         "--tile-size",
         "{tmp}/o.tif",
     ),
     Case(
         "predict-unknown-device",
         ["predict", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/o.tif", "--device", "tpu"],
-        "",
+        "unknown device 'tpu'",
         "--device",
         "{tmp}/o.tif",
     ),
@@ -295,7 +295,7 @@ CASES = [
     Case(
         "vectorize-nan-float-mask",
         ["vectorize", "{tmp}/nan.tif", "-o", "{tmp}/v.gpkg"],
-        "",
+        "not an integer class raster (data type float32)",
         "{tmp}/nan.tif",
         "{tmp}/v.gpkg",
         _nan_float,
@@ -303,12 +303,16 @@ CASES = [
     Case(
         "vectorize-missing-mask",
         ["vectorize", "{tmp}/none.tif", "-o", "{tmp}/v.gpkg"],
-        "",
+        "none.tif: no such file",
         "{tmp}/none.tif",
         "{tmp}/v.gpkg",
     ),
     Case(
-        "vectorize-unknown-extension", ["vectorize", "{scene}", "-o", "{tmp}/v.abc"], "", "{tmp}/v.abc", "{tmp}/v.abc"
+        "vectorize-unknown-extension",
+        ["vectorize", "{scene}", "-o", "{tmp}/v.abc"],
+        "unknown output extension '.abc'",
+        "{tmp}/v.abc",
+        "{tmp}/v.abc",
     ),
     # train / evaluate
     Case(
@@ -325,7 +329,13 @@ CASES = [
         "nosuchset",
         None,
     ),
-    Case("train-missing-config", ["train", "--config", "{tmp}/none.yaml"], "", "{tmp}/none.yaml", None),
+    Case(
+        "train-missing-config",
+        ["train", "--config", "{tmp}/none.yaml"],
+        "none.yaml: config file not found",
+        "{tmp}/none.yaml",
+        None,
+    ),
     Case(
         "train-1x1-raster",
         [
@@ -347,7 +357,7 @@ CASES = [
             "--set",
             "trainer.out_dir={tmp}/run",
         ],
-        "",
+        "img1.tif: smaller than one 96 px chip",
         "{tmp}/img1.tif",
         "{tmp}/run/best.ckpt",
         _one_px_training,
@@ -364,21 +374,21 @@ CASES = [
     Case(
         "batch-missing-input",
         ["batch", "{tmp}/nothing_here", "-c", "{ckpt}", "-o", "{tmp}/bo"],
-        "",
+        "nothing_here: no such file or directory",
         "{tmp}/nothing_here",
         "{tmp}/bo/manifest.jsonl",
     ),
     Case(
         "batch-unknown-format",
         ["batch", "{scene}", "-c", "{ckpt}", "-o", "{tmp}/bo", "--format", "dxf"],
-        "",
+        "'dxf' is not one of gpkg, parquet, fgb, geojson",
         "--format",
         "{tmp}/bo/manifest.jsonl",
     ),
     Case(
         "batch-corrupt-checkpoint",
         ["batch", "{scene}", "-c", "{tmp}/corrupt.pth", "-o", "{tmp}/bo"],
-        "",
+        "corrupt.pth: not a readable PyTorch checkpoint or Jittor pickle",
         "{tmp}/corrupt.pth",
         "{tmp}/bo/manifest.jsonl",
         _corrupt_ckpt,
@@ -392,7 +402,14 @@ CASES = [
         "{tmp}/none.pth",
         "{tmp}/m.onnx",
     ),
-    Case("info-text-checkpoint", ["info", "{tmp}/text.tif"], "", "{tmp}/text.tif", None, _text_tif),
+    Case(
+        "info-text-checkpoint",
+        ["info", "{tmp}/text.tif"],
+        "text.tif: is a text file, not a model checkpoint",
+        "{tmp}/text.tif",
+        None,
+        _text_tif,
+    ),
     Case("info-directory", ["info", "{tmp}"], "directory", "{tmp}", None),
 ]
 
@@ -463,12 +480,13 @@ def test_bad_input(
         inputs_before = {**before, "ckpt": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
         code, err = run_cli(argv, capfd, monkeypatch)
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        assert code != 0, f"exit code 0; stderr: {err}"
+        assert code == 2, f"exit code {code}; stderr: {err}"
         assert "Traceback" not in err, err
         assert len(lines) == 1, f"expected one line, got: {err}"
         assert lines[0].startswith("error: ")
         assert case.names.format(**subs) in lines[0], f"{case.names.format(**subs)!r} not named in {lines[0]!r}"
-        assert case.expect in lines[0]
+        expect = case.expect.format(**subs)
+        assert expect and expect in lines[0], f"{expect!r} not in {lines[0]!r}"
         if case.output:
             out = Path(case.output.format(**subs))
             assert not out.exists(), f"{out} was left behind"

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyogrio
@@ -133,6 +134,8 @@ def test_cli_exit_code_summary_and_merge_crs(archive: Path, tmp_path: Path, tiny
         str(merged),
         "--merge-crs",
         "EPSG:3857",
+        "--keep-background",
+        "--mask",
         "--quiet",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
@@ -141,6 +144,11 @@ def test_cli_exit_code_summary_and_merge_crs(archive: Path, tmp_path: Path, tiny
     assert "broken.tif" in r.stderr and "Traceback" not in r.stderr
     gdf = pyogrio.read_dataframe(merged)
     assert gdf.crs.to_epsg() == 3857 and set(gdf["source"].map(lambda p: Path(p).name)) <= {"g0.tif", "g1.tif"}
+    # --keep-background: every class of each scene's class raster has polygons, background included
+    for name in ("g0", "g1"):
+        with rasterio.open(out / f"{name}.mask.tif") as src:
+            present = set(np.unique(src.read(1)).tolist()) - {255}
+        assert 0 in present and set(pyogrio.read_dataframe(out / f"{name}.gpkg")["class_id"]) == present
 
 
 def _free_port() -> int:
@@ -227,16 +235,25 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, tiny_checkpoint: Path) ->
     ):
         pids = client.run(os.getpid)
         killed: list[int] = []
+        specs: list[str] = []
+        in_flight: list[str] = []  # the scenes the killed worker was running when it died
+
+        def executing(dask_worker: Any) -> list[str]:
+            """On a worker: the run specs (holding the scene path) of the tasks it is running now."""
+            return [repr(getattr(ts.run_spec, "args", ts.run_spec)) for ts in dask_worker.state.executing]
 
         def killer() -> None:
             deadline = time.time() + 120
             while time.time() < deadline:
-                rows = read_manifest(out / "manifest.jsonl")
-                if len(rows) >= 1:
-                    pid = next(iter(pids.values()))
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
+                if read_manifest(out / "manifest.jsonl"):  # one scene done: the workers are warm
+                    for addr, pid in pids.items():
+                        running = client.run(executing, workers=[addr]).get(addr, [])
+                        specs.extend(running)
+                        if running:  # SIGKILL while a scene is being processed, not between scenes
+                            os.kill(pid, signal.SIGKILL)
+                            killed.append(pid)
+                            in_flight.extend(f"k{i}.tif" for i in range(8) for spec in running if f"k{i}.tif" in spec)
+                            return
                 time.sleep(0.05)
 
         t = threading.Thread(target=killer, daemon=True)
@@ -244,12 +261,15 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path, tiny_checkpoint: Path) ->
         s = run_batch([root], tiny_checkpoint, out, client=client, retries=3, options=OPTS, progress=False)
         t.join(timeout=5)
     assert killed, "the worker was never killed"
+    assert len(in_flight) == 1, (in_flight, specs)  # it died with exactly one scene in its hands
     assert (s.done, s.failed) == (8, 0)
     rows = read_manifest(out / "manifest.jsonl")
     assert all(r["status"] == "done" and Path(r["outputs"]["vector"]).exists() for r in rows.values())
-    # the killed worker's process id never finished a scene after its death
+    # the scene it was running was retried and finished by the other worker; nothing was recorded twice
+    (lost,) = [r for r in rows.values() if Path(r["input"]).name == in_flight[0]]
+    assert lost["worker"].rsplit(":", 1)[1] != str(killed[0])
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert len(lines) == 8
+    assert len(lines) == 8 and sorted(Path(x["input"]).name for x in lines) == [f"k{i}.tif" for i in range(8)]
 
 
 @pytest.mark.parametrize("case", ["out-dir-is-input-dir", "merge-is-input", "two-scenes-one-output"])

@@ -9,9 +9,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from pngs import check_png
 
 from segnext_geo.demo import run_demo
 from segnext_geo.errors import UserError
+from segnext_geo.synthetic import DEMO_PALETTE
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -33,6 +35,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert set(gdf["class_name"]) <= {"building", "road", "water", "vehicle", "boat"}
     scores = json.loads((out / "scores.json").read_text())
     assert scores["mIoU"] == pytest.approx(r.miou) and np.isfinite(r.miou)
-    assert r.preview.read_bytes()[:4] == b"\x89PNG"
+    # the scene with its polygons beside the truth (two 7-inch panels at 100 dpi, a legend row);
+    # every predicted and true class appears in the legend in its palette colour
+    present = sorted((set(np.unique(truth).tolist()) | set(gdf["class_id"].tolist())) - {0, 255})
+    check_png(r.preview, width=(1400, 1400), height=(780, 780), colours=[DEMO_PALETTE[c] for c in present])
     with pytest.raises(UserError, match="not empty"):
         run_demo(out, size=384, minutes=0.1, quiet=True)

@@ -138,7 +138,9 @@ def _help(command: str) -> str:
 def test_help_shows_flags_without_types_and_the_memory_formula(command: str) -> None:
     text = _help(command)
     assert "<bool>" not in text  # --overwrite, --quiet, --deterministic, --help take no value
-    assert "Vector output: simplification tolerance in metres, or pixels with 'px'" in text
+    assert "Vector output: Coverage-simplify (neighbours keep shared edges): tolerance in metres" in " ".join(
+        text.split()
+    )
     for flag in ("--max-memory", "--precision", "--compile", "--deterministic", "--nodata", "--keep-background"):
         assert flag in text
     if command == "predict":

@@ -97,6 +97,72 @@ def prepared(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     return out, r
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_workers_write_the_same_patches_as_one(
+    raw: Path, prepared: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """``--workers 2`` (a process pool) writes exactly the files, bytes and report of ``--workers 1``."""
+    out, one = prepared
+    two_out = tmp_path / "iSAID"
+    args = ["--patch-size", str(PATCH), "--overlap", str(OVERLAP), "--workers", "2", "-q"]
+    two = _cli("prepare-isaid", str(raw), str(two_out), *args)
+    assert two.returncode == 0, two.stderr
+    tree_one, tree_two = _tree(out), _tree(two_out)
+    assert len(tree_one) > 20 and list(tree_two) == list(tree_one)
+    report_one, report_two = (json.loads(t.pop("prepare_isaid.json")) for t in (tree_one, tree_two))
+    assert report_two.pop("out_dir") == str(two_out) and report_one.pop("out_dir") == str(out)
+    assert report_two == report_one and tree_two == tree_one
+    assert two.stdout.replace(str(two_out), "OUT") == one.stdout.replace(str(out), "OUT")
+
+
+def test_evaluate_mode_slide(prepared: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """``evaluate --mode slide`` (mmseg's sliding window) on the prepared 64 px patches, random weights.
+
+    One window as large as a patch scores exactly as ``whole``; 32 px windows every 24 px score every
+    labelled pixel, with other predictions (a random model's logits depend on the context it sees).
+    """
+    import torch
+
+    from segnext_geo.models import build_model, save_checkpoint
+    from segnext_geo.models.meta import ISAID_CLASSES
+
+    out, _ = prepared
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(build_model("tiny", 16, class_names=list(ISAID_CLASSES)), tmp_path / "random.pth")
+    cfg = _tiny_cfg(tmp_path, out)
+    cfg.write_text(cfg.read_text().replace("train_split: val, ", ""))
+
+    def run(name: str, *extra: str) -> dict:
+        args = ["--config", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / name), "-q", *extra]
+        r = _cli("evaluate", *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+        result: dict = json.loads((tmp_path / name).read_text())
+        return result
+
+    def slide(crop: int, stride: int) -> list[str]:
+        return [
+            "--mode",
+            "slide",
+            "--set",
+            f"eval.crop_size=[{crop},{crop}]",
+            "--set",
+            f"eval.stride=[{stride},{stride}]",
+        ]
+
+    whole = run("whole.json", "--mode", "whole")
+    one = run("one.json", *slide(64, 64))
+    small = run("small.json", *slide(32, 24))
+    labelled = sum(int((np.asarray(Image.open(p)) != 255).sum()) for p in (out / "ann_dir" / "val").iterdir())
+    assert (whole["mode"], one["mode"], small["mode"]) == ("whole", "slide", "slide")
+    assert np.array(whole["confusion_matrix"]).sum() == labelled == np.array(small["confusion_matrix"]).sum()
+    assert len({tuple(r) for r in np.array(whole["confusion_matrix"]).T.tolist() if any(r)}) > 1  # not one class
+    assert one["confusion_matrix"] == whole["confusion_matrix"]
+    assert small["confusion_matrix"] != whole["confusion_matrix"]
+
+
 def test_windows_follow_the_mmseg_loops() -> None:
     # W=150: x starts 0, 40, 80, 120 -> the last pulled back to 150-64=86; H=100: y 0, 40, 80 -> 0, 36, 36
     assert patch_windows(100, 150, 64, 24) == [
@@ -332,8 +398,11 @@ def test_isaid_dataset_reads_patches_and_names_bad_files(
     ds = ISAID(out, "val")
     assert len(ds) == 5
     image, label = ds.load(0)
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-    assert label.shape == (64, 64) and label.max() <= 255
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and label.shape == (64, 64)
+    # P0002 (64 x 40) padded to the 64 px patch as mmseg's converter does: image 0, label 255
+    raw_image, raw_ids = _scene("P0002", 64, 40)
+    assert (image[:, :40] == raw_image).all() and (image[:, 40:] == 0).all()
+    assert (label[:, :40] == raw_ids).all() and (label[:, 40:] == 255).all()
     item = ds[0]
     assert tuple(item["image"].shape) == (3, 64, 64) and tuple(item["mask"].shape) == (64, 64)
 
@@ -463,4 +532,4 @@ trainer: {{out_dir: {run}, val_interval: 2, log_interval: 1, accelerator: cpu, p
 
     # evaluating again refuses to overwrite; a checkpoint with other classes is refused
     r = _cli("evaluate", "--config", str(cfg), "--checkpoint", str(run / "best.ckpt"), "--out", str(metrics), "-q")
-    assert r.returncode == 2 and "already exists" in r.stderr
+    assert r.returncode == 2 and f"{metrics}: already exists" in r.stderr, r.stderr

@@ -14,6 +14,14 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+#: What the plain-PyTorch model achieves against the reference's outputs, relative to the largest
+#: value (measured: stage features 2e-7..1.3e-6, stride-8 head and logits 7e-7..8.5e-7, every label equal).
+#: The bounds leave 2x for other CPUs' kernels, no more: 1e-4 would let a wrong epsilon or a dropped
+#: layer scale through.
+FEATURE_TOL = 3e-6
+LOGIT_TOL = 2e-6
+
+
 @pytest.fixture(scope="module")
 def ref(reference_fixture: Path) -> dict:
     return {
@@ -34,15 +42,15 @@ def test_reference_parity_logits_and_features(ref: dict, name: str) -> None:
         feats = model.backbone(x)
         for i, f in enumerate(feats):
             assert f.shape == exp[f"{name}.backbone.{i}"].shape
-            assert _rel_err(f, exp[f"{name}.backbone.{i}"]) < 1e-4
+            assert _rel_err(f, exp[f"{name}.backbone.{i}"]) < FEATURE_TOL
         torch.manual_seed(0)
         head = model.forward_logits_stride8(x)
         torch.manual_seed(0)
         logits = model(x)
-    assert _rel_err(head, exp[f"{name}.head_logits"]) < 1e-4
+    assert _rel_err(head, exp[f"{name}.head_logits"]) < LOGIT_TOL
     assert logits.shape == exp[f"{name}.seg_logits"].shape
-    assert _rel_err(logits, exp[f"{name}.seg_logits"]) < 1e-4
-    assert (logits.argmax(1) == exp[f"{name}.pred"]).float().mean() > 0.999
+    assert _rel_err(logits, exp[f"{name}.seg_logits"]) < LOGIT_TOL
+    assert (logits.argmax(1) == exp[f"{name}.pred"]).float().mean() >= 0.9999
 
 
 def test_reference_mode_draws_the_reference_bases(ref: dict) -> None:
@@ -67,7 +75,7 @@ def test_deterministic_mode_matches_reference_seed0_for_single_images(ref: dict)
     with torch.no_grad():
         torch.manual_seed(123)  # the global RNG must not matter
         logits = model(ref["inputs"]["x256"])
-    assert _rel_err(logits, ref["expected"]["x256.seg_logits"]) < 1e-4
+    assert _rel_err(logits, ref["expected"]["x256.seg_logits"]) < LOGIT_TOL
 
 
 def test_official_naming_loads_identically(ref: dict, tmp_path: Path) -> None:
@@ -83,7 +91,7 @@ def test_official_naming_loads_identically(ref: dict, tmp_path: Path) -> None:
     with torch.no_grad():
         torch.manual_seed(0)
         out = official(x)
-    assert _rel_err(out, ref["expected"]["x256.seg_logits"]) < 1e-4
+    assert _rel_err(out, ref["expected"]["x256.seg_logits"]) < LOGIT_TOL
 
 
 @pytest.mark.parametrize(
@@ -103,9 +111,13 @@ def test_state_dict_keys_match_reference_list(reference_fixture: Path) -> None:
     expected = {k.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv."): s.strip() for k, s in rows}
     sd = build_model("tiny", 150).state_dict()
     assert len(sd) == 550
-    assert list(sd) == [k for k in expected if not k.startswith("decode_head")] + [
-        k for k in expected if k.startswith("decode_head")
-    ] or set(sd) == set(expected)
+    # The reference's order, key for key, with one documented difference: mmseg's BaseDecodeHead
+    # registers conv_seg before the subclass's convs, this model registers it last (state dicts load
+    # by name; moving it would renumber the optimiser state of existing training checkpoints).
+    head = [k for k in expected if k.startswith("decode_head")]
+    seg = [k for k in head if k.startswith("decode_head.conv_seg.")]
+    assert seg == ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"] and head[:2] == seg
+    assert list(sd) == [k for k in expected if not k.startswith("decode_head")] + head[2:] + seg
     for k, v in sd.items():
         assert str(tuple(v.shape)) == expected[k], k
 

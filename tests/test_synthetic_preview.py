@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from pngs import check_png
 
 from segnext_geo.errors import UserError
 from segnext_geo.preview import render_preview
 from segnext_geo.raster.source import parse_bands
-from segnext_geo.synthetic import DEMO_CLASSES, synthesize, write_scene
+from segnext_geo.synthetic import DEMO_CLASSES, DEMO_PALETTE, synthesize, write_scene
 
 
 def test_synthetic_scene_is_deterministic_and_has_every_class() -> None:
@@ -48,7 +49,12 @@ def test_preview_png_with_mask_and_truth(tmp_path: Path) -> None:
         truth=tmp_path / "truth.tif",
         max_size=200,
     )
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # two panels of 7 x 7 in (+ 0.8 in for the legend) at 100 dpi; the legend shows every class of
+    # the truth in its palette colour (the overlays blend it with the scene, the legend does not)
+    present = sorted(set(np.unique(s.truth).tolist()) - {0, 255})
+    assert len(present) >= 3
+    rgb = check_png(out, width=(1400, 1400), height=(780, 780), colours=[DEMO_PALETTE[c] for c in present])
+    assert rgb[: 780 // 2, : 1400 // 2].std() > 10  # the scene panel is a picture, not a flat fill
     with pytest.raises(UserError, match="already exists"):
         render_preview(tmp_path / "img.tif", tmp_path / "p.png", mask=tmp_path / "truth.tif")
 

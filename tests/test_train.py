@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pngs import check_png
 
 from segnext_geo.errors import UserError
 from segnext_geo.models import build_model, load_model, save_checkpoint
@@ -250,7 +251,9 @@ def test_training_reduces_the_loss_and_checkpoints_load(tmp_path: Path) -> None:
     model = load_model(result.best)
     assert model.num_classes == 4 and model.meta.class_names == ["background", "rectangle", "ellipse", "triangle"]
     assert model.meta.extra["dataset"] == "synthetic"
-    assert (result.out_dir / "training_curve.png").stat().st_size > 10_000
+    # three panels (13 x 3.6 in at 120 dpi, cropped tight): loss, learning rate and val mIoU in their colours
+    tab = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44)}
+    check_png(result.out_dir / "training_curve.png", width=(1400, 1700), height=(380, 480), colours=tab.values())
 
     with pytest.raises(UserError, match="already holds a run"):
         train(cfg)

@@ -118,7 +118,14 @@ def file_format(path: str | Path) -> str:
     for magic, what in _NOT_CHECKPOINTS:
         if head.lstrip().startswith(magic):
             raise CheckpointError(f"{p}: is {what}, not a model checkpoint")
+    if _is_text(head):
+        raise CheckpointError(f"{p}: is a text file, not a model checkpoint (it starts {head[:24].decode()!r})")
     return "pytorch"  # torch.load says what is wrong
+
+
+def _is_text(head: bytes) -> bool:
+    """Printable ASCII (with tabs and line breaks) only: a config, a list, a JSON file; never a pickle or a zip."""
+    return bool(head) and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
 
 
 def _torch_load(path: Path) -> Any:

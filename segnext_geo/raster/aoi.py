@@ -135,6 +135,8 @@ def read_aoi(path: str | Path, layer: str | None = None) -> AreaOfInterest:
     label = f"--aoi {p}"
     if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
         raise UserError(f"--aoi: {p}: no such file")
+    if "://" not in p and not p.startswith("/vsi") and Path(p).is_file() and Path(p).stat().st_size == 0:
+        raise UserError(f"--aoi: {p}: is empty (0 bytes)")
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(p)]
         if layer is None and len(layers) > 1:

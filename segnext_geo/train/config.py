@@ -171,6 +171,8 @@ _CHOICES = {
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: config file is empty (0 bytes)")
     if path.resolve() in chain:
         raise UserError(f"{path}: _base_ includes itself")
     try:
