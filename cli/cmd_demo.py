@@ -15,6 +15,9 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for every demo output.")] = Path("demo"),
     size: Annotated[int, typer.Option(help="Side of the demo scene in pixels (0.5 m each).")] = 4096,
     minutes: Annotated[float, typer.Option(help="Training budget in minutes.")] = 3.0,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: as many as fit in --minutes, at least 20).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and the training.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo in --out-dir.")] = False,
@@ -29,7 +32,9 @@ def demo(
     """
     from segnext_geo.demo import run_demo
 
-    r = run_demo(out_dir, size=size, minutes=minutes, device=device, seed=seed, overwrite=overwrite, quiet=quiet)
+    r = run_demo(
+        out_dir, size=size, minutes=minutes, device=device, seed=seed, overwrite=overwrite, quiet=quiet, steps=steps
+    )
     typer.echo(f"\nIoU per class on the {size}^2 px demo scene (trained {r.train_steps} steps):")
     for name, value in r.iou.items():
         typer.echo(f"  {name:<12} {value:6.3f}")

@@ -148,6 +148,8 @@ def run_demo(
         raise UserError(f"--size: {size} is too small for the demo (at least 256 px)")
     if minutes <= 0:
         raise UserError(f"--minutes: {minutes} must be positive")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps: {steps} must be at least 1")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out-dir: {out} is not empty; pass --overwrite to replace the demo in it")
     out.mkdir(parents=True, exist_ok=True)

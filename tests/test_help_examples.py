@@ -93,7 +93,7 @@ RECIPES: dict[str, Recipe] = {
         outputs=["results/manifest.jsonl", "results/a.gpkg", "results/b.gpkg", "all.gpkg"],
     ),
     "segnext-geo demo --out-dir demo --size 4096 --minutes 3": Recipe(
-        edits=[("--size 4096 --minutes 3", "--size 256 --minutes 0.05")],
+        edits=[("--size 4096 --minutes 3", "--size 256 --minutes 3 --steps 3")],
         outputs=["demo/classes.tif", "demo/polygons.gpkg", "demo/preview.png", "demo/scores.json"],
         stdout=["mIoU"],
     ),
