@@ -19,6 +19,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -78,6 +79,7 @@ def batch(
     fill_holes_below: FillHoles = None,
     simplify: Simplify = None,
     keep_background: KeepBackground = False,
+    gsd: GsdOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.

@@ -22,6 +22,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -87,6 +88,7 @@ def predict(
     simplify: Simplify = None,
     connectivity: Connectivity = None,
     keep_background: KeepBackground = False,
+    gsd: GsdOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -127,6 +129,8 @@ def predict(
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    if "resampling" in r.gsd:  # say how the scene was resampled (a native run says nothing)
+        typer.echo(r.gsd, err=True)
     extra = f", {r.polygons} polygons" if r.polygons is not None else ""
     typer.echo(
         f"wrote {r.out} ({r.pixels:,} valid px, {r.tiles} tiles, {r.skipped_tiles} skipped{extra}) "

@@ -19,6 +19,7 @@ import rasterio
 import torch
 from torch import Tensor
 
+from ..raster.gsd import ResampleGrid
 from ..raster.normalize import Normalization
 from ..raster.source import SceneSource
 from .grid import Tile
@@ -36,38 +37,71 @@ class TileData:
     valid: np.ndarray
 
 
-def load_tile(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
-    """Read, mask, normalise and (for scenes smaller than a tile) reflect-pad one tile."""
+def load_tile(source: SceneSource, norm: Normalization, tile: Tile, resample: ResampleGrid | None = None) -> TileData:
+    """Read, mask, normalise and (for scenes smaller than a tile) reflect-pad one tile.
+
+    With ``resample`` the tile is on the model grid (``--gsd``): the scene pixels it needs
+    (:meth:`~segnext_geo.raster.gsd.ResampleGrid.scene_read_window`) are read, normalised and
+    filled as for a native read, then resampled onto the model grid; validity is the scene's,
+    nearest neighbour.
+    """
+    if resample is not None:
+        return _load_resampled(source, norm, tile, resample)
     r = tile.rect
     data, band_valid = source.read(r.window())
     valid = np.ones((r.height, r.width), dtype=bool) if band_valid is None else band_valid.any(axis=0)
     if not valid.any():
         return TileData(tile, None, valid)
-    x = norm.apply(data, band_valid)
+    return TileData(tile, _pad(tile, norm.apply(data, band_valid)), valid)
+
+
+def _load_resampled(source: SceneSource, norm: Normalization, tile: Tile, resample: ResampleGrid) -> TileData:
+    r = tile.rect
+    read = resample.scene_read_window(r.window())
+    data, band_valid = source.read(read)
+    scene_valid = np.ones(data.shape[1:], dtype=bool) if band_valid is None else band_valid.any(axis=0)
+    valid = resample.valid_to_model(scene_valid, read, r.window())
+    if not valid.any():
+        return TileData(tile, None, valid)
+    x = resample.to_model(torch.from_numpy(norm.apply(data, band_valid)), read, r.window())
+    return TileData(tile, _pad(tile, x.numpy()), valid)
+
+
+def _pad(tile: Tile, x: np.ndarray) -> Tensor:
+    """Reflect-pad ``x`` ``(C, h, w)`` to the tile's model size ``(C, th, tw)``."""
+    r = tile.rect
     pad_y, pad_x = tile.th - r.height, tile.tw - r.width
     if pad_y or pad_x:
         x = np.pad(x, ((0, 0), (0, pad_y), (0, pad_x)), mode="reflect")
-    return TileData(tile, torch.from_numpy(np.ascontiguousarray(x)), valid)
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _load_in_env(source: SceneSource, norm: Normalization, tile: Tile) -> TileData:
+def _load_in_env(source: SceneSource, norm: Normalization, tile: Tile, resample: ResampleGrid | None) -> TileData:
     """:func:`load_tile` on a reader thread, with rasterio's GDAL error handler installed for that
     thread (without it GDAL would print its messages raw to stderr)."""
     with rasterio.Env():
-        return load_tile(source, norm, tile)
+        return load_tile(source, norm, tile, resample)
 
 
 class TileLoader:
     """Iterate over :class:`TileData` for ``tiles`` in order, reading up to ``prefetch`` tiles ahead.
 
     ``workers=0`` reads in the calling thread. Use as a context manager (or call :meth:`close`)
-    so that pending reads are cancelled on error or Ctrl-C.
+    so that pending reads are cancelled on error or Ctrl-C. ``resample``: tiles are on this
+    model grid (``--gsd``; see :func:`load_tile`).
     """
 
     def __init__(
-        self, source: SceneSource, norm: Normalization, tiles: Sequence[Tile], workers: int, prefetch: int
+        self,
+        source: SceneSource,
+        norm: Normalization,
+        tiles: Sequence[Tile],
+        workers: int,
+        prefetch: int,
+        resample: ResampleGrid | None = None,
     ) -> None:
         self.source, self.norm, self.tiles = source, norm, tiles
+        self.resample = resample
         self.workers = int(workers)
         self.prefetch = max(1, int(prefetch))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="segnext-read") if self.workers else None
@@ -86,17 +120,17 @@ class TileLoader:
     def __iter__(self) -> Iterator[TileData]:
         if self._pool is None:
             for t in self.tiles:
-                yield load_tile(self.source, self.norm, t)
+                yield load_tile(self.source, self.norm, t, self.resample)
             return
         pending: deque[Future[TileData]] = deque()
         it = iter(self.tiles)
         for t in it:
-            pending.append(self._pool.submit(_load_in_env, self.source, self.norm, t))
+            pending.append(self._pool.submit(_load_in_env, self.source, self.norm, t, self.resample))
             if len(pending) >= self.prefetch:
                 break
         while pending:
             done = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(self._pool.submit(_load_in_env, self.source, self.norm, nxt))
+                pending.append(self._pool.submit(_load_in_env, self.source, self.norm, nxt, self.resample))
             yield done

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, get_args
 
 from ..errors import UserError
+from ..raster.gsd import GsdMode, parse_gsd
 from ..raster.normalize import NormalizationMethod
 from ..raster.source import parse_bands
 from ..vector.options import VectorOptions
@@ -124,6 +125,11 @@ class PredictOptions:
         workers: threads reading tiles while the model runs (0: read in the main thread).
             ``--workers``.
         vector: vectorize options for a vector output (``--min-area``, ``--simplify`` ...).
+        gsd: ``"auto"`` | ``"native"`` | a ground sample distance in metres (``"0.3"`` and
+            ``"0.3m"`` are accepted; stored as ``float``). ``auto`` resamples a scene to the model's
+            training GSD when that is known and differs by more than
+            :data:`~segnext_geo.raster.gsd.DEFAULT_TOLERANCE`; ``native`` never resamples; metres
+            force the GSD the model sees. ``--gsd``.
     """
 
     tile_size: int = 1024
@@ -143,6 +149,7 @@ class PredictOptions:
     probs_mode: ProbsMode = "classes"
     workers: int = 2
     vector: VectorOptions | None = field(default=None)
+    gsd: GsdMode = "auto"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -189,6 +196,9 @@ class PredictOptions:
         put("workers", workers)
         if self.vector is not None and not isinstance(self.vector, VectorOptions):
             raise TypeError(f"PredictOptions.vector must be a VectorOptions, not {type(self.vector).__name__}")
+        if isinstance(self.gsd, bool) or not isinstance(self.gsd, str | int | float):
+            raise UserError(f"--gsd: {self.gsd!r} is not auto, native or a ground sample distance in metres")
+        put("gsd", parse_gsd(self.gsd))
 
     @property
     def tile(self) -> int:

@@ -23,16 +23,18 @@ from typing import Any
 
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
 from torch import nn
 
 from ..errors import UserError
 from ..models import ModelMeta, load_model
 from ..outputs import check_outputs, sigterm_as_interrupt
+from ..raster.gsd import GsdPlan, ResampleGrid, plan_gsd, scene_gsd
 from ..raster.normalize import compute_normalization
 from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene
 from .blend import effective_mode
 from .grid import TileGrid
-from .metadata import model_digest, model_name, output_specs, provenance_tags
+from .metadata import model_digest, model_name, output_specs, provenance_gsd, provenance_tags
 from .options import GDAL_CACHE_BYTES, RASTER_SUFFIXES, VECTOR_SUFFIXES, MemoryPlan, PredictOptions, plan_memory
 from .pipeline import open_stages, stream
 from .runner import InferenceRunner
@@ -53,7 +55,8 @@ class PredictResult:
     ``pixels``: valid (non-nodata) pixels; ``tiles``/``skipped_tiles``: tiles in the grid and tiles
     skipped because all their pixels are nodata; ``polygons``: features written (vector output);
     ``forward_s``: seconds inside model forwards (timed by the runner); ``plan``: the tile,
-    working set and estimated peak memory used; ``runner``: how the model ran.
+    working set and estimated peak memory used; ``runner``: how the model ran; ``gsd``: what
+    ``--gsd`` decided and why (one line, also logged).
     """
 
     out: Path
@@ -68,6 +71,7 @@ class PredictResult:
     forward_s: float = 0.0
     plan: MemoryPlan | None = None
     runner: dict[str, object] = field(default_factory=dict)
+    gsd: str = ""
 
 
 def predict_scene(
@@ -111,14 +115,18 @@ def predict_scene(
         check_scene(scene)
         runner, meta = _runner(model_or_checkpoint, meta, opts)
         info = open_scene(scene, opts.bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
-    plan, grid, notes = _plan(info, meta, runner, opts, paths)
+    gsd, resample, gsd_line = _plan_gsd(info, meta, opts)
+    plan, grid, notes = _plan(info, meta, runner, opts, paths, resample)
     forward_before = runner.forward_seconds()
     with _run_environment(paths.raster), SceneSource(info) as source:
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
         made = _provenance(model_or_checkpoint, meta, runner, grid, opts, norm.describe(), info.bands)
-        specs = output_specs(info, meta, made, opts.probs_mode)
+        made["gsd"] = provenance_gsd(gsd)
+        specs = output_specs(info, meta, provenance_tags(made), opts.probs_mode)
         with (
-            open_stages(source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite) as stages,
+            open_stages(
+                source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite, resample
+            ) as stages,
             _progress_bar(len(grid), info.path, progress) as bar,
         ):
             counts = stream(stages, grid, opts.batch_size, bar.update)
@@ -139,6 +147,7 @@ def predict_scene(
         forward_s=runner.forward_seconds() - forward_before,
         plan=plan,
         runner=runner.describe(),
+        gsd=gsd_line,
     )
 
 
@@ -158,10 +167,35 @@ class _Paths:
         return self.out.suffix.lower() in VECTOR_SUFFIXES
 
 
+def _plan_gsd(info: SceneInfo, meta: ModelMeta, opts: PredictOptions) -> tuple[GsdPlan, ResampleGrid | None, str]:
+    """What ``--gsd`` decides for this scene and model: the plan, the model grid (``None``: the
+    scene's own grid) and one line saying why (logged; a warning when a known model GSD cannot
+    be honoured because the scene has no CRS)."""
+    scene = scene_gsd(info.crs, info.transform, info.width, info.height)
+    gsd = plan_gsd(opts.gsd, meta.gsd_m, scene, info.path)
+    scene_m = f"{scene.mean:.4g} m" if scene is not None else "unknown"
+    model_m = f"{meta.gsd_m:.4g} m" if meta.gsd_m is not None else "unknown or varies"
+    line = f"--gsd {opts.gsd}: {gsd.reason} (scene GSD {scene_m}, model GSD {model_m})"
+    if gsd.target_m is None or gsd.scene is None:
+        if scene is None and meta.gsd_m is not None and opts.gsd == "auto":
+            log.warning(line)
+        else:
+            log.info(line)
+        return gsd, None, line
+    log.info(line)
+    return gsd, ResampleGrid.create(Window(0, 0, info.width, info.height), gsd.scene, gsd.target_m), line
+
+
 def _plan(
-    info: SceneInfo, meta: ModelMeta, runner: InferenceRunner, opts: PredictOptions, paths: _Paths
+    info: SceneInfo,
+    meta: ModelMeta,
+    runner: InferenceRunner,
+    opts: PredictOptions,
+    paths: _Paths,
+    resample: ResampleGrid | None = None,
 ) -> tuple[MemoryPlan, TileGrid, list[str]]:
-    """The memory plan, the tile grid and the run's notes (logged here); decides ``compile="auto"``."""
+    """The memory plan, the tile grid (on the model grid when ``resample``) and the run's notes
+    (logged here); decides ``compile="auto"``."""
     notes = list(info.notes)  # already logged by open_scene
     new: list[str] = []
     if info.crs is None and not info.gcps:
@@ -169,10 +203,11 @@ def _plan(
     if opts.tile != opts.tile_size:
         new.append(f"--tile-size: rounded {opts.tile_size} to {opts.tile} px (a multiple of 32)")
     probs_bands = 0 if paths.probs is None else (1 if opts.probs_mode == "confidence" else meta.num_classes)
+    height, width = resample.model_shape if resample is not None else (info.height, info.width)
     plan = plan_memory(
         opts,
-        info.height,
-        info.width,
+        height,
+        width,
         classes=meta.num_classes,
         bands=len(info.bands),
         probs_bands=probs_bands,
@@ -184,7 +219,7 @@ def _plan(
     new += plan.notes
     for note in new:
         log.warning(note)
-    grid = TileGrid(info.height, info.width, plan.tile, plan.overlap, plan.working_set)
+    grid = TileGrid(height, width, plan.tile, plan.overlap, plan.working_set)
     runner.plan(len(grid), (grid.th, grid.tw))
     return plan, grid, notes + new
 
@@ -197,10 +232,10 @@ def _provenance(
     opts: PredictOptions,
     normalization: dict[str, object],
     bands: tuple[int, ...],
-) -> dict[str, str]:
-    """The metadata tags that record how the outputs were made (:mod:`.metadata`)."""
+) -> dict[str, object]:
+    """What the metadata tags record about how the outputs were made (:mod:`.metadata`)."""
     how = runner.describe()
-    made = {
+    made: dict[str, object] = {
         "model": model_name(model_or_checkpoint, meta),
         "model_sha256": model_digest(runner.source_model),
         "tile_size": grid.tile_size,
@@ -210,7 +245,7 @@ def _provenance(
         "normalization": normalization,
         "bands": list(bands),
     }
-    return provenance_tags(made)
+    return made
 
 
 @contextmanager

@@ -138,6 +138,7 @@ class Weights:
             out["palette"] = [list(c) for c in self.palette]
         if self.nmf_rank:
             out["nmf_rank"] = self.nmf_rank
+        out["gsd_m"], out["gsd_note"] = self.gsd_m, self.gsd_note
         out["extra"] = {
             "weights": self.name,
             "dataset": self.dataset,
