@@ -363,7 +363,7 @@ def _entries() -> list[Weights]:
                     licence=LICENCES["ImageNet-1k"] + _CODE_LICENCE["jittor" if jittor else "mmseg"],
                     publisher="the SegNeXt authors' Jittor port (JSeg)" if jittor else "mmsegmentation 1.x (OpenMMLab)",
                     imagery=_MSCAN_IMAGERY,
-                    gsd_note="ground-level photos (no GSD)",
+                    gsd_note="n/a: ImageNet-1k classification photos (no GSD)",
                     sha256_prefix=None if jittor else sha,
                     sha1_trailer=jittor,
                 )
