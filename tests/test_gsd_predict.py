@@ -22,7 +22,7 @@ from shapely import hausdorff_distance
 from torch import Tensor, nn
 
 from segnext_geo.errors import UserError
-from segnext_geo.inference import PredictOptions, predict_scene
+from segnext_geo.inference import PredictOptions, PredictResult, predict_scene
 from segnext_geo.models import ModelMeta, build_model, describe_checkpoint, load_model, save_checkpoint
 from segnext_geo.models.weights import list_weights
 from segnext_geo.raster.gsd import GroundSampling, ResampleGrid
@@ -38,7 +38,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _predict(scene: Path, model: nn.Module, out: Path, meta: ModelMeta, **kw: object) -> object:
+def _predict(scene: Path, model: nn.Module, out: Path, meta: ModelMeta, **kw: object) -> PredictResult:
     probs = kw.pop("probs_out", None)
     kw.setdefault("device", "cpu")
     return predict_scene(scene, model, out, PredictOptions(**kw), meta=meta, probs_out=probs, progress=False)  # type: ignore[arg-type]
@@ -109,8 +109,8 @@ def test_auto_gives_the_native_polygons_on_a_scene_at_twice_the_models_gsd(tmp_p
     opts = {"tile_size": 64, "overlap": 16}
     native = _predict(fine, model, tmp_path / "fine.gpkg", meta, **opts)
     auto = _predict(coarse, model, tmp_path / "auto.gpkg", meta, **opts)
-    plain = _predict(coarse, model, tmp_path / "plain.gpkg", meta, gsd="native", **opts)
-    assert "within 10%" in native.gsd and "resampling to 0.5 m (2x)" in auto.gsd  # type: ignore[attr-defined]
+    _predict(coarse, model, tmp_path / "plain.gpkg", meta, gsd="native", **opts)
+    assert "within 10%" in native.gsd and "resampling to 0.5 m (2x)" in auto.gsd
     want, got = _polygons(tmp_path / "fine.gpkg"), _polygons(tmp_path / "auto.gpkg")
     assert len(want) == len(got) == len(OBJECTS)
     for a, b in zip(want, got, strict=True):
@@ -145,7 +145,7 @@ def test_resampled_output_does_not_depend_on_tiling(tmp_path: Path, scene_m: flo
     outs = []
     for i, kw in enumerate(runs):
         r = _predict(scene, model, tmp_path / f"c{i}.tif", meta, probs_out=tmp_path / f"p{i}.tif", **kw)
-        assert "resampling" in r.gsd  # type: ignore[attr-defined]
+        assert "resampling" in r.gsd
         outs.append((_read(tmp_path / f"c{i}.tif"), _read(tmp_path / f"p{i}.tif")))
     for i in (1, 2):  # same tiles, other super-tiles, batches and readers: the same bytes
         assert (tmp_path / f"c{i}.tif").read_bytes() == (tmp_path / "c0.tif").read_bytes()
@@ -197,7 +197,7 @@ def test_scene_without_crs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level("WARNING", logger="segnext_geo"):
         r = _predict(scene, model, tmp_path / "a.tif", meta, tile_size=64, overlap=16)
     assert any("no CRS, so its GSD is unknown" in m and "model GSD 0.5 m" in m for m in caplog.messages)
-    assert "predicting at native" in r.gsd  # type: ignore[attr-defined]
+    assert "predicting at native" in r.gsd
     _predict(scene, model, tmp_path / "n.tif", pixel_meta(4), tile_size=64, overlap=16)
     assert np.array_equal(_read(tmp_path / "a.tif"), _read(tmp_path / "n.tif"))
     with pytest.raises(UserError, match=r"^--gsd: .*s\.tif has no CRS.*use --gsd native$"):
