@@ -274,3 +274,26 @@ def test_every_catalogue_entry_states_its_gsd() -> None:
             assert "no GSD" in w.gsd_note
         else:
             assert "photos (no GSD)" in w.gsd_note
+
+
+def test_tiles_shrunk_from_a_fine_scene_are_read_in_row_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a resampled tile in bands of model rows (bounded reads) gives the same bytes as one read."""
+    from segnext_geo.inference import loader
+
+    scene = write_tif(tmp_path / "s.tif", textured((3, 150, 130), seed=5), transform=from_origin(5e5, 6e6, 0.2, 0.2))
+    model, meta = PixelLinear(3, 4), pixel_meta(4)
+    meta.gsd_m = 0.5
+    _predict(scene, model, tmp_path / "a.tif", meta, tile_size=64, overlap=16, probs_out=tmp_path / "pa.tif")
+    reads: list[int] = []
+    read = loader.SceneSource.read
+
+    def counting(self: object, window: Window, *a: object) -> object:
+        reads.append(int(window.height))
+        return read(self, window, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "READ_CHUNK_BYTES", 1)  # one model row per read
+    monkeypatch.setattr(loader.SceneSource, "read", counting)
+    _predict(scene, model, tmp_path / "b.tif", meta, tile_size=64, overlap=16, workers=0, probs_out=tmp_path / "pb.tif")
+    assert max(reads[:20]) <= 6  # 2.5 scene rows per model row, plus the kernel's reach
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    assert (tmp_path / "pa.tif").read_bytes() == (tmp_path / "pb.tif").read_bytes()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
 from torch import Tensor
 
 from ..raster.gsd import ResampleGrid
@@ -24,7 +25,10 @@ from ..raster.normalize import Normalization
 from ..raster.source import SceneSource
 from .grid import Tile
 
-__all__ = ["TileData", "TileLoader", "load_tile"]
+__all__ = ["READ_CHUNK_BYTES", "TileData", "TileLoader", "load_tile"]
+
+#: A resampled tile is read in bands of rows whose scene data (as float32, with scratch) stays under this.
+READ_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -56,15 +60,28 @@ def load_tile(source: SceneSource, norm: Normalization, tile: Tile, resample: Re
 
 
 def _load_resampled(source: SceneSource, norm: Normalization, tile: Tile, resample: ResampleGrid) -> TileData:
+    """A model-grid tile, read and resampled in bands of model rows whose scene reads stay under
+    :data:`READ_CHUNK_BYTES` (a tile shrunk from a much finer scene would otherwise read
+    ``(T * ratio)^2`` scene px at once); a model pixel is the same whatever band computes it."""
     r = tile.rect
-    read = resample.scene_read_window(r.window())
-    data, band_valid = source.read(read)
-    scene_valid = np.ones(data.shape[1:], dtype=bool) if band_valid is None else band_valid.any(axis=0)
-    valid = resample.valid_to_model(scene_valid, read, r.window())
+    full = resample.scene_read_window(r.window())
+    scene_rows_per_row = max(1.0, resample.height / resample.model_height)
+    row_bytes = int(full.width) * 16 * max(1, len(source.info.bands)) * scene_rows_per_row
+    step = max(1, int(READ_CHUNK_BYTES // row_bytes))
+    valid_parts: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for y0 in range(r.y0, r.y1, step):
+        part = Window(r.x0, y0, r.width, min(step, r.y1 - y0))
+        read = resample.scene_read_window(part)
+        data, band_valid = source.read(read)
+        scene_valid = np.ones(data.shape[1:], dtype=bool) if band_valid is None else band_valid.any(axis=0)
+        valid_parts.append(resample.valid_to_model(scene_valid, read, part))
+        x = torch.from_numpy(norm.apply(data, band_valid))
+        rows.append(resample.to_model(x, read, part).numpy())
+    valid = np.concatenate(valid_parts, axis=0)
     if not valid.any():
         return TileData(tile, None, valid)
-    x = resample.to_model(torch.from_numpy(norm.apply(data, band_valid)), read, r.window())
-    return TileData(tile, _pad(tile, x.numpy()), valid)
+    return TileData(tile, _pad(tile, np.concatenate(rows, axis=1)), valid)
 
 
 def _pad(tile: Tile, x: np.ndarray) -> Tensor:
