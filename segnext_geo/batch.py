@@ -251,7 +251,8 @@ def process_scene(
 ) -> dict[str, Any]:
     """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
 
-    Returns a manifest row fragment: status, error, timings, pixels, polygons, worker.
+    Returns a manifest row fragment: status, error, timings, pixels, polygons, worker, and what
+    ``--gsd`` decided (``gsd``).
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -276,6 +277,7 @@ def process_scene(
             pixels=int(result.pixels),
             polygons=int(result.polygons or 0),
             warnings=list(result.warnings),
+            gsd=result.gsd,
             load_s=round(t_load - t0, 3),
             forward_s=round(result.forward_s, 3),
         )

@@ -246,6 +246,9 @@ def test_batch_passes_gsd_to_every_scene(tmp_path: Path) -> None:
     assert len(masks) == 1
     with rasterio.open(masks[0]) as src:
         assert json.loads(src.tags()["gsd"])["model_m"] == 0.5 and src.shape == (48, 40)
+    assert summary.manifest is not None
+    rows = [json.loads(line) for line in summary.manifest.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["done"] and "s.tif is at 1 m: resampling to 0.5 m (2x)" in rows[0]["gsd"]
 
 
 def test_checkpoints_record_gsd_and_old_ones_load_without(tmp_path: Path) -> None:
@@ -297,3 +300,15 @@ def test_tiles_shrunk_from_a_fine_scene_are_read_in_row_bands(tmp_path: Path, mo
     assert max(reads[:20]) <= 6  # 2.5 scene rows per model row, plus the kernel's reach
     assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
     assert (tmp_path / "pa.tif").read_bytes() == (tmp_path / "pb.tif").read_bytes()
+
+
+def test_cli_batch_takes_gsd(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    scene = write_tif(tmp_path / "s.tif", textured((3, 40, 50)))
+    cmd = [sys.executable, "-m", "segnext_geo.cli.app", "batch", str(scene), "-c", str(tiny_checkpoint)]
+    args = [*cmd, "--out-dir", str(tmp_path / "o"), "--gsd", "0m"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: --gsd: '0m' must be a positive number of metres"], proc.stderr
+    help_text = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True, env=ENV).stdout
+    assert "--gsd" in help_text
