@@ -197,7 +197,7 @@ def test_scene_without_crs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level("WARNING", logger="segnext_geo"):
         r = _predict(scene, model, tmp_path / "a.tif", meta, tile_size=64, overlap=16)
     assert any("no CRS, so its GSD is unknown" in m and "model GSD 0.5 m" in m for m in caplog.messages)
-    assert "predicting at native" in r.gsd
+    assert "predicting at native" in r.gsd and r.gsd in r.warnings
     _predict(scene, model, tmp_path / "n.tif", pixel_meta(4), tile_size=64, overlap=16)
     assert np.array_equal(_read(tmp_path / "a.tif"), _read(tmp_path / "n.tif"))
     with pytest.raises(UserError, match=r"^--gsd: .*s\.tif has no CRS.*use --gsd native$"):

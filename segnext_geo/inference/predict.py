@@ -115,8 +115,10 @@ def predict_scene(
         check_scene(scene)
         runner, meta = _runner(model_or_checkpoint, meta, opts)
         info = open_scene(scene, opts.bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
-    gsd, resample, gsd_line = _plan_gsd(info, meta, opts)
+    gsd, resample, gsd_line, gsd_warns = _plan_gsd(info, meta, opts)
     plan, grid, notes = _plan(info, meta, runner, opts, paths, resample)
+    if gsd_warns:
+        notes.append(gsd_line)
     forward_before = runner.forward_seconds()
     with _run_environment(paths.raster), SceneSource(info) as source:
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
@@ -167,23 +169,21 @@ class _Paths:
         return self.out.suffix.lower() in VECTOR_SUFFIXES
 
 
-def _plan_gsd(info: SceneInfo, meta: ModelMeta, opts: PredictOptions) -> tuple[GsdPlan, ResampleGrid | None, str]:
+def _plan_gsd(info: SceneInfo, meta: ModelMeta, opts: PredictOptions) -> tuple[GsdPlan, ResampleGrid | None, str, bool]:
     """What ``--gsd`` decides for this scene and model: the plan, the model grid (``None``: the
-    scene's own grid) and one line saying why (logged; a warning when a known model GSD cannot
-    be honoured because the scene has no CRS)."""
+    scene's own grid), one line saying why (logged) and whether that line is a warning (a known
+    model GSD that ``auto`` cannot honour because the scene has no CRS)."""
     scene = scene_gsd(info.crs, info.transform, info.width, info.height)
     gsd = plan_gsd(opts.gsd, meta.gsd_m, scene, info.path)
     scene_m = f"{scene.mean:.4g} m" if scene is not None else "unknown"
     model_m = f"{meta.gsd_m:.4g} m" if meta.gsd_m is not None else "unknown or varies"
     line = f"--gsd {opts.gsd}: {gsd.reason} (scene GSD {scene_m}, model GSD {model_m})"
     if gsd.target_m is None or gsd.scene is None:
-        if scene is None and meta.gsd_m is not None and opts.gsd == "auto":
-            log.warning(line)
-        else:
-            log.info(line)
-        return gsd, None, line
+        warns = scene is None and meta.gsd_m is not None and opts.gsd == "auto"
+        log.log(logging.WARNING if warns else logging.INFO, line)
+        return gsd, None, line, warns
     log.info(line)
-    return gsd, ResampleGrid.create(Window(0, 0, info.width, info.height), gsd.scene, gsd.target_m), line
+    return gsd, ResampleGrid.create(Window(0, 0, info.width, info.height), gsd.scene, gsd.target_m), line, False
 
 
 def _plan(
