@@ -25,10 +25,10 @@ back). The written windows partition the scene.
 the extension comes from strips kept of earlier cores: the right strip of the previous core of
 the row and the bottom strips of the previous super-tile row (``4 (K + 1) * halo`` bytes per
 model-grid column: 1.4 MB per 10,000 columns for 16 classes and a halo of 2). The scene windows
-are mapped in row chunks of at most :data:`CHUNK_BYTES` of float64 planes.
+are mapped in row chunks of at most :data:`CHUNK_BYTES` of float32 planes.
 
 **Determinism.** Each scene pixel is computed from the complete int32 sums of its support, with
-the same float64 operations in the same order whatever window it falls in, so the output does
+the same float operations in the same order whatever window it falls in, so the output does
 not depend on the working set, the batch size or the reader threads: only on the model grid's
 tiles (tile size, overlap) and the scene.
 """
@@ -49,7 +49,7 @@ from .stitcher import NODATA, ProbsMode
 
 __all__ = ["CHUNK_BYTES", "BackMapper", "MappedWindow", "scene_cuts"]
 
-#: The float64 planes of one mapped chunk stay under this many bytes.
+#: The float32 planes of one mapped chunk stay under this many bytes.
 CHUNK_BYTES = 64 * 2**20
 
 
@@ -99,7 +99,7 @@ class BackMapper:
         num_classes: K.
         probs_mode: also produce probabilities (``classes``: K bands, ``confidence``: 1 band).
         source: the scene (its validity masks the output).
-        chunk_bytes: the float64 working memory of one mapped chunk.
+        chunk_bytes: the float32 working memory of one mapped chunk.
 
     Call :meth:`map` for every super-tile in processing order (one thread).
     """
@@ -149,7 +149,7 @@ class BackMapper:
         c0, c1 = self.xcuts[st.gcol], self.xcuts[st.gcol + 1]
         if r1 <= r0 or c1 <= c0:
             return
-        per_row = (self.k + 1) * 8 * 3 * (c1 - c0 + box.width)
+        per_row = (self.k + 1) * 4 * 4 * (c1 - c0 + box.width)
         step = max(1, self.chunk_bytes // per_row)
         for ra in range(r0, r1, step):
             rb = min(r1, ra + step)
@@ -171,15 +171,17 @@ class BackMapper:
         my0, my1 = int(self.ystart[ra]), int(self.yend[rb - 1])
         if my0 < box.y0 or my1 > box.y1:
             raise AssertionError(f"scene rows {ra}..{rb} read model rows {my0}..{my1} outside {box}")
-        data = torch.from_numpy(buf[:, my0 - box.y0 : my1 - box.y0]).double()
-        # the blended mean p = sums / weight sum on the model grid, and whether a pixel has one
-        weight = data[self.k]
+        sums_in = torch.from_numpy(buf[:, my0 - box.y0 : my1 - box.y0])
+        # the blended mean p = sums / weight sum on the model grid (exact int32 -> float64, then
+        # float32), and whether a pixel has one
+        weight = sums_in[self.k]
         covered = weight > 0
-        data[: self.k].div_(weight.clamp_min(1.0)).mul_(covered)
+        data = torch.empty(sums_in.shape, dtype=torch.float32)
+        data[: self.k] = sums_in[: self.k].double().div_(weight.clamp_min(1).double()).mul_(covered)
         data[self.k] = covered
         read = Window(box.x0, my0, box.width, my1 - my0)
         window = Window(c0, ra, c1 - c0, rb - ra)
-        mapped = self.rg.to_scene(data, read, window)  # (K + 1, h, w) float64
+        mapped = self.rg.to_scene(data, read, window)  # (K + 1, h, w) float32
         sums, wsum = mapped[: self.k], mapped[self.k]
         best, index = torch.max(sums, dim=0)  # on ties the lowest class, as the native path
         classes = index.to(torch.uint8).numpy()
@@ -189,7 +191,7 @@ class BackMapper:
         classes[empty] = NODATA
         probs = None
         if self.probs_mode is not None:
-            denom = wsum.clamp_min(1e-300)
+            denom = wsum.clamp_min(1e-30)
             p = best.div_(denom)[None] if self.probs_mode == "confidence" else sums.div_(denom)
             probs = p.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
             probs[:, empty] = 0
