@@ -11,7 +11,7 @@ each case in a fresh subprocess (so that peak RSS is the case's own):
 
 It prints, per case, wall time, forward time (the runner's own timer), the ratio of the wall time
 to the ``native`` case measured in the same run (the cost of resampling on read and of the
-back-mapping), the pipeline's non-forward seconds, and peak RSS.
+back-mapping), the pipeline's non-forward seconds, peak RSS and the memory plan's estimate.
 
     python benchmarks/predict_gsd.py               # N = 2048, tile 512
     python benchmarks/predict_gsd.py --size 1024   # quicker
@@ -54,7 +54,16 @@ def _case(size: int, metres: float, tile: int, workdir: Path) -> dict[str, float
     r = predict_scene(scene, model, workdir / f"out_{metres}.tif", opts, progress=False, overwrite=True)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"scene_px": n, "tiles": r.tiles, "wall_s": wall, "forward_s": r.forward_s, "rss_mb": peak, "gsd": r.gsd}
+    est = r.plan.peak_bytes / 2**20 if r.plan is not None else 0.0
+    return {
+        "scene_px": n,
+        "tiles": r.tiles,
+        "wall_s": wall,
+        "forward_s": r.forward_s,
+        "rss_mb": peak,
+        "est_mb": est,
+        "gsd": r.gsd,
+    }
 
 
 def main() -> None:
@@ -75,13 +84,13 @@ def main() -> None:
             results[name] = json.loads(out.strip().splitlines()[-1])
     base = float(results["native"]["wall_s"])
     print(f"model grid {a.size}^2, tile {a.tile}, SegNeXt-T 16 classes, CPU fp32")
-    head = ("case", "scene px", "tiles", "wall s", "fwd s", "other s", "ratio", "RSS MB")
-    print(f"{head[0]:8} " + " ".join(f"{h:>{w}}" for h, w in zip(head[1:], (9, 6, 8, 8, 8, 6, 7), strict=True)))
+    head = ("case", "scene px", "tiles", "wall s", "fwd s", "other s", "ratio", "RSS MB", "est MB")
+    print(f"{head[0]:8} " + " ".join(f"{h:>{w}}" for h, w in zip(head[1:], (9, 6, 8, 8, 8, 6, 7, 7), strict=True)))
     for name, r in results.items():
         wall, fwd = float(r["wall_s"]), float(r["forward_s"])
         print(
             f"{name:8} {int(r['scene_px']):>9} {int(r['tiles']):>6} {wall:>8.1f} {fwd:>8.1f} {wall - fwd:>8.1f} "
-            f"{wall / base:>6.2f} {float(r['rss_mb']):>7.0f}"
+            f"{wall / base:>6.2f} {float(r['rss_mb']):>7.0f} {float(r['est_mb']):>7.0f}"
         )
     for name, r in results.items():
         print(f"{name}: {r['gsd']}")

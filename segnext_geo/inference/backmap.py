@@ -50,7 +50,7 @@ from .stitcher import NODATA, ProbsMode
 __all__ = ["CHUNK_BYTES", "BackMapper", "MappedWindow", "scene_cuts"]
 
 #: The float32 planes of one mapped chunk stay under this many bytes.
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -149,7 +149,7 @@ class BackMapper:
         c0, c1 = self.xcuts[st.gcol], self.xcuts[st.gcol + 1]
         if r1 <= r0 or c1 <= c0:
             return
-        per_row = (self.k + 1) * 4 * 4 * (c1 - c0 + box.width)
+        per_row = (self.k + 1) * 4 * 3 * (c1 - c0 + box.width)  # the float32 planes, two copies, the output
         step = max(1, self.chunk_bytes // per_row)
         for ra in range(r0, r1, step):
             rb = min(r1, ra + step)

@@ -215,6 +215,7 @@ def _plan(
         variant=meta.variant if runner.segnext else None,
         model_bytes=runner.weight_bytes(),
         gpu_bytes=runner.ops.total_memory(),
+        resampled=resample is not None,
     )
     new += plan.notes
     for note in new:
