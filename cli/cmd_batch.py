@@ -24,6 +24,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -94,6 +95,7 @@ def batch(
     bbox_crs: BboxCrs = "EPSG:4326",
     aoi: Aoi = None,
     aoi_layer: AoiLayer = None,
+    gsd: GsdOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.

@@ -27,6 +27,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -103,6 +104,7 @@ def predict(
     bbox_crs: BboxCrs = "EPSG:4326",
     aoi: Aoi = None,
     aoi_layer: AoiLayer = None,
+    gsd: GsdOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -145,6 +147,8 @@ def predict(
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    if "resampling" in r.gsd:  # say how the scene was resampled (a native run says nothing)
+        typer.echo(r.gsd, err=True)
     extra = f", {r.polygons} polygons" if r.polygons is not None else ""
     typer.echo(
         f"wrote {r.out} ({r.pixels:,} valid px, {r.tiles} tiles, {r.skipped_tiles} skipped{extra}) "

@@ -296,7 +296,8 @@ def process_scene(
     """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
 
     Returns a manifest row fragment: status (``done``, ``failed``, or ``skipped`` with a
-    ``reason`` when the area of interest misses the scene), error, timings, pixels, polygons, worker.
+    ``reason`` when the area of interest misses the scene), error, timings, pixels, polygons,
+    worker, and what ``--gsd`` decided (``gsd``).
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -321,6 +322,7 @@ def process_scene(
             pixels=int(result.pixels),
             polygons=int(result.polygons or 0),
             warnings=list(result.warnings),
+            gsd=result.gsd,
             load_s=round(t_load - t0, 3),
             forward_s=round(result.forward_s, 3),
         )
