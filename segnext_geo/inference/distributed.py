@@ -123,13 +123,15 @@ def auto_band_count(height: int, tile: int, overlap: int, workers: int) -> int:
 class DistributedResult(PredictResult):
     """:class:`~.predict.PredictResult` plus how the scene was split: ``bands``, ``halo_tiles``
     (tile computations done twice, once by each neighbouring band), ``workers`` (in the cluster)
-    and ``band_workers`` (who computed each band, ``host:pid``)."""
+    ``band_workers`` (who computed each band, ``host:pid``), the Dask ``dashboard`` link and
+    ``band_peak_rss_mb`` (the peak RSS of the worker process after each band, MiB)."""
 
     bands: int = 0
     halo_tiles: int = 0
     workers: int = 0
     band_workers: list[str] | None = None
     dashboard: str | None = None
+    band_peak_rss_mb: list[float] | None = None
 
 
 def predict_scene_distributed(
@@ -243,6 +245,7 @@ def predict_scene_distributed(
         workers=workers,
         band_workers=[r.worker for r in results],
         dashboard=dashboard,
+        band_peak_rss_mb=[r.peak_rss_mb for r in results],
     )
 
 
