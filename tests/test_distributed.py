@@ -306,3 +306,22 @@ def test_cli_distributed_flags_are_checked(tmp_path: Path, args: list[str], mess
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_ctrl_c_removes_the_bands_and_every_output(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    scene = _scene(tmp_path / "s.tif", 320, 256, seed=13)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cmd = [sys.executable, "-m", "segnext_geo.cli.app", "predict", str(scene), "-c", str(tiny_checkpoint)]
+    cmd += ["-o", str(tmp_path / "c.tif"), "--probs-out", str(tmp_path / "p.tif"), "--tile-size", "64"]
+    cmd += ["--overlap", "16", "--cluster", "2", "--band-count", "3", "--scratch-dir", str(scratch), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(scratch.rglob("band-*.tif")) and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)  # Ctrl-C while bands are being computed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, err
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "scratch"]

@@ -142,8 +142,8 @@ class BandJob:
 
     ``grid_args``: ``(height, width, tile, overlap, working_set)`` of the grid; ``specs``: the
     class raster's and (with ``probs``) the probability raster's spec; ``scratch``: the folder
-    (shared by the workers and the driver) the band's GeoTIFFs go to; ``classes``: K; ``progress``: the name of a
-    Dask queue fed with ``(band, tiles done)``; ``threads``: torch threads (0: leave as is).
+    (shared by the workers and the driver) the band's GeoTIFFs go to; ``classes``: K; ``progress``: the
+    Dask event topic the task reports ``[band, tiles done]`` on; ``threads``: torch threads (0: leave as is).
     """
 
     info: SceneInfo
@@ -277,20 +277,26 @@ def _stream_band(
     return pixels, ran, skipped
 
 
-def _progress(queue: str | None, index: int) -> Callable[..., None]:
+def _progress(topic: str | None, index: int) -> Callable[..., None]:
     """``tick(n, force=False)``: report ``n`` tiles done by this attempt of band ``index`` to the
-    driver's queue (at most every 0.2 s unless ``force``)."""
-    if queue is None:
-        return lambda n, force=False: None
-    from distributed import Queue
+    driver, as a Dask event on ``topic`` (at most every 0.2 s unless ``force``).
 
-    q = Queue(queue)
+    Events travel on the worker's own connection to the scheduler: no client in the worker.
+    """
+    if topic is None:
+        return lambda n, force=False: None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a Dask worker (called directly)
+        return lambda n, force=False: None
     last = [time.monotonic()]
 
     def tick(n: int, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - last[0] >= 0.2:
             last[0] = now
-            q.put((index, n))
+            worker.log_event(topic, [index, n])
 
     return tick

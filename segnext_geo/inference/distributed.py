@@ -11,8 +11,8 @@ a single process writes, which builds the COG (GDAL's COG driver, overviews, tag
 table, nodata, mask): the outputs are those of a single-process run, byte for byte. The scratch
 folder is removed on success, on error and on Ctrl-C.
 
-Progress comes from the tasks through a Dask queue (``(band, tiles done)`` per attempt, so a
-retried band does not count twice).
+Progress comes from the tasks as Dask events (``[band, tiles done]`` per attempt; the driver
+keeps each band's largest count, so a retried band does not count twice).
 """
 
 from __future__ import annotations
@@ -174,11 +174,7 @@ def predict_scene_distributed(
         # made first, removed last: after an own cluster's workers have stopped writing into it
         scratch = stack.enter_context(_scratch_folder(dopts.scratch_dir, paths.raster))
         if client is None:
-            from ..batch import _make_client
-
-            if dopts.scheduler is None and dopts.cluster is None:
-                raise UserError("--scheduler, --cluster: give one of them to run a scene on a cluster")
-            client = _make_client(dopts.scheduler, dopts.cluster, 1, dopts.gpus_per_worker)
+            client = _make_client(dopts)
             stack.callback(_close_client, client)
         workers = max(1, len(client.nthreads()))
         dashboard = getattr(client, "dashboard_link", None)
@@ -249,6 +245,32 @@ def predict_scene_distributed(
     )
 
 
+def _make_client(dopts: DistributedOptions) -> Any:
+    """A client of the cluster at ``--scheduler``, or of a new LocalCluster of ``--cluster`` processes.
+
+    The local workers log only critical messages: a band's failure reaches the driver as its
+    task's exception, and the shutdown's heartbeat chatter would only clutter the terminal.
+    """
+    from distributed import Client, LocalCluster
+
+    if dopts.scheduler is not None:
+        try:
+            return Client(dopts.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise UserError(f"--scheduler: cannot connect to {dopts.scheduler} ({e})") from None
+    if dopts.cluster is None:
+        raise UserError("--scheduler, --cluster: give one of them to run a scene on a cluster")
+    cluster = LocalCluster(
+        n_workers=int(dopts.cluster),
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        resources={"GPU": dopts.gpus_per_worker} if dopts.gpus_per_worker else None,
+        silence_logs=logging.CRITICAL,
+    )
+    return Client(cluster)
+
+
 def _close_client(client: Any) -> None:
     cluster = getattr(client, "cluster", None)
     client.close()
@@ -268,30 +290,28 @@ def _scratch_folder(parent: Path | None, raster: Path) -> Iterator[Path]:
 
 
 def _run_bands(client: Any, jobs: list[BandJob], dopts: DistributedOptions, bar: Any) -> list[BandResult]:
-    """Submit one task per band, feed ``bar`` from the tasks' progress queue, return results in band order.
+    """Submit one task per band, feed ``bar`` from the tasks' progress events, return results in band order.
 
     On any error or Ctrl-C the remaining tasks are cancelled before the exception propagates.
     """
-    from distributed import Queue, wait
+    from distributed import wait
 
-    name = f"segnext-progress-{uuid.uuid4().hex}"
-    queue = Queue(name, client=client)
-    jobs = [_with_queue(job, name) for job in jobs]
+    topic = f"segnext-progress-{uuid.uuid4().hex}"
+    jobs = [_with_topic(job, topic) for job in jobs]
     resources = {"GPU": dopts.gpus_per_worker} if dopts.gpus_per_worker else None
+    done_per_band = [0] * len(jobs)
+
+    def on_event(event: tuple[float, Any]) -> None:  # on the client's event loop thread
+        index, n = event[1]
+        done_per_band[index] = max(done_per_band[index], int(n))
+
+    client.subscribe_topic(topic, on_event)
     futures = [
         client.submit(
-            run_band, job, retries=dopts.retries, pure=False, resources=resources, key=f"band-{job.band.index}-{name}"
+            run_band, job, retries=dopts.retries, pure=False, resources=resources, key=f"band-{job.band.index}-{topic}"
         )
         for job in jobs
     ]
-    done_per_band = [0] * len(jobs)
-
-    def drain() -> None:
-        items = queue.get(batch=True)
-        for index, n in items:
-            done_per_band[index] = max(done_per_band[index], n)
-        bar.update(sum(done_per_band) - bar.n)
-
     try:
         pending = set(futures)
         while pending:
@@ -303,7 +323,7 @@ def _run_bands(client: Any, jobs: list[BandJob], dopts: DistributedOptions, bar:
                         f.result()  # raises the task's exception (UserError stays a UserError)
             except TimeoutError:
                 pass
-            drain()
+            bar.update(sum(done_per_band) - bar.n)
         results: list[BandResult] = [f.result() for f in futures]
         for r in results:
             done_per_band[r.index] = r.tiles
@@ -312,15 +332,15 @@ def _run_bands(client: Any, jobs: list[BandJob], dopts: DistributedOptions, bar:
     finally:
         client.cancel(futures, force=True)
         try:
-            queue.close()
+            client.unsubscribe_topic(topic)
         except Exception:  # the cluster may be gone (Ctrl-C while it shuts down)
             pass
 
 
-def _with_queue(job: BandJob, name: str) -> BandJob:
+def _with_topic(job: BandJob, topic: str) -> BandJob:
     from dataclasses import replace
 
-    return replace(job, progress=name)
+    return replace(job, progress=topic)
 
 
 def _assemble(
