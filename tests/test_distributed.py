@@ -251,7 +251,8 @@ def test_batch_splits_a_big_scene_over_the_cluster(tmp_path: Path, tiny_checkpoi
     )
     assert (s.done, s.failed) == (2, 0)
     rows = {Path(k).name: v for k, v in read_manifest(out / "manifest.jsonl").items()}
-    assert rows["big.tif"]["split"]["bands"] >= 2 and len(rows["big.tif"]["split"]["workers"]) == 2
+    split = rows["big.tif"]["split"]
+    assert split["bands"] == 2 and split["halo_tiles"] == 3 and split["workers"]  # 4 tile rows, 2 workers
     assert "split" not in rows["small.tif"]
     predict_scene(root / "big.tif", tiny_checkpoint, tmp_path / "one.tif", OPTS, progress=False)
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(out / "big.mask.tif") as b:

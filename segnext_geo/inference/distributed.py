@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from ..raster.normalize import compute_normalization
 from ..raster.source import SceneSource, check_scene, open_scene
 from ..raster.writer import RasterSpec, StreamedGeoTIFF, gdal_env
 from .bands import Band, BandJob, BandResult, plan_bands, run_band
+from .metadata import output_specs
 from .options import PredictOptions
 from .pipeline import scratch_path
 from .predict import (
@@ -194,27 +195,21 @@ def predict_scene_distributed(
         source = stack.enter_context(SceneSource(info))
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
         made = _provenance(ckpt, meta, runner, full_grid, opts, norm.describe(), info.bands)
-        from .metadata import output_specs
-
         specs = output_specs(info, meta, made, opts.probs_mode)
-        threads = max(1, (os.cpu_count() or 1) // workers) if dopts.cluster else 0
-        jobs = [
-            BandJob(
-                info,
-                norm,
-                (grid.height, grid.width, grid.tile_size, grid.overlap, grid.working_set),
-                band,
-                ckpt,
-                task_opts,
-                specs,
-                paths.probs is not None,
-                meta.num_classes,
-                str(scratch),
-                None,
-                threads,
-            )
-            for band in bands
-        ]
+        first = BandJob(
+            info=info,
+            norm=norm,
+            grid_args=(grid.height, grid.width, grid.tile_size, grid.overlap, grid.working_set),
+            band=bands[0],
+            checkpoint=ckpt,
+            options=task_opts,
+            specs=specs,
+            probs=paths.probs is not None,
+            classes=meta.num_classes,
+            scratch=str(scratch),
+            threads=max(1, (os.cpu_count() or 1) // workers) if dopts.cluster else 0,
+        )
+        jobs = [replace(first, band=band) for band in bands]
         bar = stack.enter_context(_progress_bar(len(grid) + halo, info.path, progress))
         results = _run_bands(client, jobs, dopts, bar)
         _assemble(results, bands, specs, paths.raster, paths.probs, paths.overwrite)
@@ -338,8 +333,6 @@ def _run_bands(client: Any, jobs: list[BandJob], dopts: DistributedOptions, bar:
 
 
 def _with_topic(job: BandJob, topic: str) -> BandJob:
-    from dataclasses import replace
-
     return replace(job, progress=topic)
 
 
