@@ -109,6 +109,13 @@ def predict(
     gpus_per_worker: Annotated[
         float, typer.Option(help="With --scheduler/--cluster: GPU resource each band needs (workers with GPU=1).")
     ] = 0,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            help="With --scheduler/--cluster: torch threads per band (default: this process's; the CPU output "
+            "equals a single process with as many threads)."
+        ),
+    ] = None,
 ) -> None:
     """Segment a scene of any size tile by tile into a class raster that matches it pixel for pixel.
 
@@ -142,9 +149,12 @@ def predict(
         "--band-count": band_count is not None,
         "--retries": retries != 2,
         "--gpus-per-worker": gpus_per_worker != 0,
+        "--threads-per-worker": threads_per_worker is not None,
     }
     if scheduler is not None or cluster is not None:
-        dist = DistributedOptions(scheduler, cluster, scratch_dir, band_count, retries, gpus_per_worker)
+        dist = DistributedOptions(
+            scheduler, cluster, scratch_dir, band_count, retries, gpus_per_worker, threads_per_worker
+        )
     elif any(distributed_flags.values()):
         given = ", ".join(k for k, v in distributed_flags.items() if v)
         raise UserError(f"{given}: only used with --scheduler or --cluster (one scene on a Dask cluster)")

@@ -514,7 +514,7 @@ def _submit_all(
         for job in big:  # in the driver, while the small scenes run on the cluster
             outputs = job.outputs(out, fmt, mask)
             Path(outputs["vector"]).parent.mkdir(parents=True, exist_ok=True)
-            yield job, outputs, _process_split(client, job, outputs, ckpt, opts, retries, gpus)
+            yield job, outputs, _process_split(client, job, outputs, ckpt, opts, retries, gpus, threads)
 
     def task_rows() -> Iterable[tuple[SceneJob, dict[str, str], dict[str, Any]]]:
         for fut in as_completed(futures):
@@ -567,8 +567,10 @@ def _process_split(
     opts: PredictOptions,
     retries: int,
     gpus: float,
+    threads: int,
 ) -> dict[str, Any]:
-    """One big scene cut into bands over the whole cluster; a manifest row fragment (never raises)."""
+    """One big scene cut into bands over the whole cluster, each band with ``threads`` torch threads
+    as the unsplit scenes' tasks; a manifest row fragment (never raises)."""
     from .inference.distributed import DistributedOptions, predict_scene_distributed
 
     t0 = time.perf_counter()
@@ -579,7 +581,7 @@ def _process_split(
             ckpt,
             outputs["vector"],
             opts,
-            DistributedOptions(retries=retries, gpus_per_worker=gpus),
+            DistributedOptions(retries=retries, gpus_per_worker=gpus, threads=threads),
             mask_out=outputs.get("mask"),
             overwrite=True,  # the manifest, not the file system, says what is done
             progress=False,

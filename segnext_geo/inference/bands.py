@@ -143,7 +143,8 @@ class BandJob:
     ``grid_args``: ``(height, width, tile, overlap, working_set)`` of the grid; ``specs``: the
     class raster's and (with ``probs``) the probability raster's spec; ``scratch``: the folder
     (shared by the workers and the driver) the band's GeoTIFFs go to; ``classes``: K; ``progress``: the
-    Dask event topic the task reports ``[band, tiles done]`` on; ``threads``: torch threads (0: leave as is).
+    Dask event topic the task reports ``[band, tiles done]`` on; ``threads``: torch threads (0: leave as
+    is; set for every band: the forward's rounding depends on it).
     """
 
     info: SceneInfo
@@ -194,6 +195,8 @@ def _run_band(job: BandJob) -> BandResult:
 
     opts = job.options.replace(device=_worker_device(job.options.device))
     runner = _cached_runner(job.checkpoint, opts, job.threads or torch.get_num_threads())
+    if job.threads:
+        torch.set_num_threads(job.threads)  # a cached runner may have been made with another count
     if runner.num_classes is None:
         runner.num_classes = job.classes
     grid = TileGrid(*job.grid_args)

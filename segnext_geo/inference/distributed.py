@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import rasterio
+import torch
 from rasterio.windows import Window
 
 from ..errors import UserError
@@ -78,7 +79,10 @@ class DistributedOptions:
     write and the driver read (default: beside the output); a private folder is made in it and
     removed at the end. ``band_count``: how many bands (default: :func:`auto_band_count`).
     ``retries``: Dask retries of a band whose task failed. ``gpus_per_worker``: the ``GPU``
-    resource each band needs (workers started with ``--resources GPU=1``).
+    resource each band needs (workers started with ``--resources GPU=1``). ``threads``: torch
+    threads each band runs with (default: the driver's, ``torch.get_num_threads()``). On the CPU
+    the forward's rounding depends on the thread count (oneDNN splits its sums by thread), so
+    the output equals a single-process run with the same number of torch threads.
     """
 
     scheduler: str | None = None
@@ -87,6 +91,7 @@ class DistributedOptions:
     band_count: int | None = None
     retries: int = 2
     gpus_per_worker: float = 0.0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler is not None and self.cluster is not None:
@@ -101,6 +106,8 @@ class DistributedOptions:
             raise UserError(f"--band-count: {self.band_count!r}; give 1 or more")
         if int(self.retries) < 0:
             raise UserError(f"--retries: {self.retries!r}; give 0 or more")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise UserError(f"--threads-per-worker: {self.threads!r}; give 1 or more")
         if float(self.gpus_per_worker) < 0:
             raise UserError(f"--gpus-per-worker: {self.gpus_per_worker!r}; give 0 or more")
         if self.scratch_dir is not None:
@@ -207,7 +214,7 @@ def predict_scene_distributed(
             probs=paths.probs is not None,
             classes=meta.num_classes,
             scratch=str(scratch),
-            threads=max(1, (os.cpu_count() or 1) // workers) if dopts.cluster else 0,
+            threads=dopts.threads or torch.get_num_threads(),
         )
         jobs = [replace(first, band=band) for band in bands]
         bar = stack.enter_context(_progress_bar(len(grid) + halo, info.path, progress))
