@@ -233,7 +233,7 @@ def _run_band(job: BandJob) -> BandResult:
         skipped,
         runner.forward_seconds() - forward0,
         f"{socket.gethostname()}:{os.getpid()}",
-        round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        _peak_rss_mb(),
     )
 
 
@@ -278,6 +278,19 @@ def _stream_band(
     writer.finish()
     tick(ran, True)
     return pixels, ran, skipped
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: ``VmHWM`` on Linux (``ru_maxrss`` survives ``exec``, so a
+    worker spawned by a big driver would report the driver's peak), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _progress(topic: str | None, index: int) -> Callable[..., None]:
