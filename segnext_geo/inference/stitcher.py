@@ -174,6 +174,8 @@ class Stitcher:
         ops: the device operations (accumulators live on ``ops.tensor_device``).
         probs_mode: also produce probabilities: ``classes`` (K bands) or ``confidence`` (1 band).
         partials: where partial sums wait for later super-tiles.
+        stop: hand partial sums on only to super-tiles before this index (default: all); a
+            horizontal band of the scene (:mod:`.bands`) stops at its last super-tile.
 
     Call :meth:`start` for each super-tile in order, :meth:`add` for each of its tiles in
     order, then :meth:`finish`.
@@ -187,8 +189,10 @@ class Stitcher:
         ops: DeviceOps,
         probs_mode: ProbsMode | None,
         partials: PartialStore,
+        stop: int | None = None,
     ) -> None:
         self.grid = grid
+        self.stop = len(grid.supertiles) if stop is None else int(stop)
         self.k = int(num_classes)
         self.ops = ops
         self.device = ops.tensor_device
@@ -302,7 +306,7 @@ class Stitcher:
 
     def _hand_on(self, st: SuperTile, acc: Tensor) -> None:
         e = st.extent
-        for later in self.grid.supertiles[st.index + 1 :]:
+        for later in self.grid.supertiles[st.index + 1 : self.stop]:
             part = later.core.intersect(e)
             if part.empty:
                 continue
