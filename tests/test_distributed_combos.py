@@ -104,14 +104,14 @@ def test_a_stac_item_over_http_on_a_cluster_writes_the_bytes_of_one_process(
 
 def test_gsd_resampling_on_a_cluster_is_refused_before_any_work(tmp_path: Path, tiny_checkpoint: Path) -> None:
     scene = _scene(tmp_path / "s.tif", h=64, w=64)
-    with pytest.raises(UserError, match=r"^--scheduler/--cluster, --gsd 0.5: resampling .*s\.tif.*--gsd native"):
+    with pytest.raises(UserError, match=r"^--scheduler/--cluster, --gsd 0.25: resampling .*s\.tif.*--gsd native"):
         predict_scene_distributed(
-            scene, tiny_checkpoint, tmp_path / "c.tif", OPTS.replace(gsd=0.5), DistributedOptions(cluster=2)
+            scene, tiny_checkpoint, tmp_path / "c.tif", OPTS.replace(gsd=0.25), DistributedOptions(cluster=2)
         )
-    proc = _cli(scene, "-c", tiny_checkpoint, "-o", tmp_path / "c.tif", "--gsd", "0.5", "--cluster", "2", "--quiet")
+    proc = _cli(scene, "-c", tiny_checkpoint, "-o", tmp_path / "c.tif", "--gsd", "0.25", "--cluster", "2", "--quiet")
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: --scheduler/--cluster, --gsd 0.5: resampling"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --scheduler/--cluster, --gsd 0.25: resampling"), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
