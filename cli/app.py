@@ -114,6 +114,8 @@ def info(
     if d["head_conv_bias"]:
         typer.echo("head       : biases on the squeeze, ham_out and align convs (JSeg code of Sept 2022)")
     typer.echo(f"bands      : {d['bands']}, mean {d['mean']}, std {d['std']}")
+    gsd = f"{d['gsd_m']:.4g} m" if d["gsd_m"] is not None else "unknown or varies"
+    typer.echo(f"GSD        : {gsd}" + (f" ({d['gsd_note']})" if d["gsd_note"] else ""))
     w = d["weights"]
     if w:
         score = f"mIoU {w['miou']} ({w['reported']})" if w["miou"] is not None else w["reported"]

@@ -25,6 +25,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -96,7 +97,14 @@ def batch(
     bbox_crs: BboxCrs = "EPSG:4326",
     aoi: Aoi = None,
     aoi_layer: AoiLayer = None,
+    gsd: GsdOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    split_above: Annotated[
+        int,
+        typer.Option(
+            help="Cut scenes with more pixels than this into bands computed by every worker (same output); 0: never."
+        ),
+    ] = 8192 * 8192,
 ) -> None:
     """Predict polygons for every scene of an archive, resumably, on Dask.
 
@@ -112,7 +120,9 @@ def batch(
     from segnext_geo.models.hub import prepare_checkpoint
 
     values = locals()
-    options = build_options({k: v for k, v in values.items() if k != "workers"})  # --workers: Dask processes
+    options = build_options(
+        {k: v for k, v in values.items() if k not in ("workers", "split_above")}
+    )  # --workers: Dask processes
     checkpoint = prepare_checkpoint(checkpoint, progress=not quiet)
     s = run_batch(
         inputs,
@@ -129,6 +139,7 @@ def batch(
         merge_crs=merge_crs,
         options=options,
         progress=not quiet,
+        split_above=None if split_above == 0 else split_above,
     )
     typer.echo(
         f"done {s.done}, skipped {s.skipped}, failed {s.failed} in {s.elapsed_s:.1f} s "

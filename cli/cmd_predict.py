@@ -27,6 +27,7 @@ from .predict_options import (
     Deterministic,
     Device,
     FillHoles,
+    GsdOpt,
     KeepBackground,
     MaxMemory,
     MinArea,
@@ -103,8 +104,36 @@ def predict(
     bbox_crs: BboxCrs = "EPSG:4326",
     aoi: Aoi = None,
     aoi_layer: AoiLayer = None,
+    gsd: GsdOpt = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run the scene on this Dask cluster (tcp://host:8786), cut into horizontal bands."),
+    ] = None,
+    cluster: Annotated[
+        int | None, typer.Option(help="Run the scene on a local Dask cluster of N worker processes.")
+    ] = None,
+    scratch_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --scheduler/--cluster: a folder all workers share for the bands (default: beside --out)."
+        ),
+    ] = None,
+    band_count: Annotated[
+        int | None, typer.Option(help="With --scheduler/--cluster: bands to cut the scene into (default: automatic).")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="With --scheduler/--cluster: retries of a band whose task failed.")] = 2,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="With --scheduler/--cluster: GPU resource each band needs (workers with GPU=1).")
+    ] = 0,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            help="With --scheduler/--cluster: torch threads per band (default: this process's; the CPU output "
+            "equals a single process with as many threads)."
+        ),
+    ] = None,
 ) -> None:
     """Segment a scene of any size tile by tile into a class raster that matches it pixel for pixel.
 
@@ -125,26 +154,61 @@ def predict(
     Polygons: segnext-geo predict scene.tif -c model.pth -o parcels.gpkg --mask-out classes.tif --min-area 20
 
     STAC and an area: segnext-geo predict https://host/item.json -o harbour.gpkg --bbox 9.10,45.00,9.12,45.02
+
+    One scene on a cluster (same output as one process): segnext-geo predict big.vrt -o classes.tif --cluster 4
     """
-    from segnext_geo.inference import predict_scene
+    from segnext_geo.errors import UserError
+    from segnext_geo.inference import PredictResult, predict_scene
+    from segnext_geo.inference.distributed import DistributedOptions, predict_scene_distributed
     from segnext_geo.models.hub import prepare_checkpoint
 
     options = build_options(locals())
-    checkpoint = prepare_checkpoint(checkpoint, progress=not quiet)
-    try:
-        r = predict_scene(
-            scene,
-            checkpoint,
-            out,
-            options,
-            probs_out=probs_out,
-            mask_out=mask_out,
-            overwrite=overwrite,
-            progress=not quiet,
+    dist = None
+    distributed_flags = {
+        "--scratch-dir": scratch_dir is not None,
+        "--band-count": band_count is not None,
+        "--retries": retries != 2,
+        "--gpus-per-worker": gpus_per_worker != 0,
+        "--threads-per-worker": threads_per_worker is not None,
+    }
+    if scheduler is not None or cluster is not None:
+        dist = DistributedOptions(
+            scheduler, cluster, scratch_dir, band_count, retries, gpus_per_worker, threads_per_worker
         )
+    elif any(distributed_flags.values()):
+        given = ", ".join(k for k, v in distributed_flags.items() if v)
+        raise UserError(f"{given}: only used with --scheduler or --cluster (one scene on a Dask cluster)")
+    checkpoint = prepare_checkpoint(checkpoint, progress=not quiet)
+    r: PredictResult
+    try:
+        if dist is not None:
+            r = predict_scene_distributed(
+                scene,
+                checkpoint,
+                out,
+                options,
+                dist,
+                probs_out=probs_out,
+                mask_out=mask_out,
+                overwrite=overwrite,
+                progress=not quiet,
+            )
+        else:
+            r = predict_scene(
+                scene,
+                checkpoint,
+                out,
+                options,
+                probs_out=probs_out,
+                mask_out=mask_out,
+                overwrite=overwrite,
+                progress=not quiet,
+            )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: outputs were cleaned up; typer would report success
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    if "resampling" in r.gsd:  # say how the scene was resampled (a native run says nothing)
+        typer.echo(r.gsd, err=True)
     extra = f", {r.polygons} polygons" if r.polygons is not None else ""
     typer.echo(
         f"wrote {r.out} ({r.pixels:,} valid px, {r.tiles} tiles, {r.skipped_tiles} skipped{extra}) "

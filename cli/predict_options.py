@@ -98,6 +98,14 @@ SIMPLIFY_HELP = (
 Simplify = Annotated[str | None, typer.Option(help=f"Vector output: {SIMPLIFY_HELP}")]
 Connectivity = Annotated[int | None, typer.Option(help="Vector output: pixel connectivity, 4 or 8 (default 4).")]
 KeepBackground = Annotated[bool, typer.Option("--keep-background", help="Vector output: also write class 0 polygons.")]
+GsdOpt = Annotated[
+    str,
+    typer.Option(
+        "--gsd",
+        help="Ground resolution the model sees: auto (resample to the model's training GSD when known and more "
+        "than 10% away), native (never resample), or metres (e.g. 0.3). The output stays on the scene's grid.",
+    ),
+]
 
 Asset = Annotated[
     str | None,

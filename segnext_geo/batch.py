@@ -20,6 +20,7 @@ and its outputs are named after the Item id. With an area of interest (``options
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import socket
@@ -50,6 +51,8 @@ STAC_SUFFIXES = {".json", ".geojson"}
 OUTSIDE = "outside the area of interest"
 VECTOR_SUFFIXES = {"gpkg": ".gpkg", "parquet": ".parquet", "fgb": ".fgb", "geojson": ".geojson"}
 MANIFEST = "manifest.jsonl"
+#: Scenes with more pixels than this (an 8192 x 8192 scene) are cut into bands over the whole cluster.
+DEFAULT_SPLIT_ABOVE = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,8 @@ def process_scene(
     """Run predict + vectorize for one scene; never raises for a bad scene (the error is returned).
 
     Returns a manifest row fragment: status (``done``, ``failed``, or ``skipped`` with a
-    ``reason`` when the area of interest misses the scene), error, timings, pixels, polygons, worker.
+    ``reason`` when the area of interest misses the scene), error, timings, pixels, polygons,
+    worker, and what ``--gsd`` decided (``gsd``).
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -321,6 +325,7 @@ def process_scene(
             pixels=int(result.pixels),
             polygons=int(result.polygons or 0),
             warnings=list(result.warnings),
+            gsd=result.gsd,
             load_s=round(t_load - t0, 3),
             forward_s=round(result.forward_s, 3),
         )
@@ -415,6 +420,7 @@ def run_batch(
     merge_crs: str | None = None,
     options: PredictOptions | None = None,
     progress: bool = True,
+    split_above: int | None = DEFAULT_SPLIT_ABOVE,
 ) -> BatchSummary:
     """Process every scene of ``inputs`` with ``checkpoint`` into ``out_dir``.
 
@@ -433,11 +439,16 @@ def run_batch(
         options: how each scene is predicted and vectorized (:class:`~segnext_geo.inference.PredictOptions`,
             with ``options.vector`` for the polygons); ``device="auto"`` spreads workers over GPUs.
         progress: tqdm bar over scenes with throughput.
+        split_above: a scene with more pixels than this is cut into horizontal bands computed by
+            every worker (:func:`~segnext_geo.inference.distributed.predict_scene_distributed`;
+            the same output), when the cluster has more than one worker; ``None``: never.
     """
     from tqdm import tqdm
 
     if fmt not in VECTOR_SUFFIXES:
         raise UserError(f"--format: {fmt!r} is not one of {', '.join(VECTOR_SUFFIXES)}")
+    if split_above is not None and (isinstance(split_above, bool) or int(split_above) < 1):
+        raise UserError(f"--split-above: {split_above!r} pixels; give 1 or more")
     from .models.checkpoint import inspect_checkpoint
 
     # a file (absolute: workers may run elsewhere), a catalogue name or a URL (workers load it from their cache)
@@ -497,6 +508,7 @@ def run_batch(
                 summary,
                 progress,
                 tqdm,
+                split_above,
             )
         finally:
             if own_client:
@@ -533,11 +545,18 @@ def _submit_all(
     summary: BatchSummary,
     progress: bool,
     tqdm: Any,
+    split_above: int | None = None,
 ) -> None:
     from distributed import as_completed
 
+    workers = len(client.nthreads())
+    big = [
+        j for j in todo if workers > 1 and split_above is not None and j.stac is None and _pixels(j.path) > split_above
+    ]
     futures = {}
     for job in todo:
+        if job in big:
+            continue
         outputs = job.outputs(out, fmt, mask)
         for p in outputs.values():
             Path(p).parent.mkdir(parents=True, exist_ok=True)
@@ -555,18 +574,29 @@ def _submit_all(
         futures[fut] = (job, outputs)
     bar = tqdm(total=len(todo), unit="scene", disable=not progress, desc="scenes")
     t0 = time.perf_counter()
-    for fut in as_completed(futures):
-        job, outputs = futures[fut]
+
+    def split_rows() -> Iterable[tuple[SceneJob, dict[str, str], dict[str, Any]]]:
+        for job in big:  # in the driver, while the small scenes run on the cluster
+            outputs = job.outputs(out, fmt, mask)
+            Path(outputs["vector"]).parent.mkdir(parents=True, exist_ok=True)
+            yield job, outputs, _process_split(client, job, outputs, ckpt, opts, retries, gpus, threads)
+
+    def task_rows() -> Iterable[tuple[SceneJob, dict[str, str], dict[str, Any]]]:
+        for fut in as_completed(futures):
+            job, outputs = futures[fut]
+            try:
+                row = fut.result()
+            except Exception as e:  # the worker died more than `retries` times, or the task was lost
+                row = {
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500],
+                    "pixels": 0,
+                    "polygons": 0,
+                }
+            yield job, outputs, row
+
+    for job, outputs, row in itertools.chain(split_rows(), task_rows()):
         base = {**_base_row(job), "outputs": outputs, "finished": time.time()}
-        try:
-            row = fut.result()
-        except Exception as e:  # the worker died more than `retries` times, or the task was lost
-            row = {
-                "status": "failed",
-                "error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500],
-                "pixels": 0,
-                "polygons": 0,
-            }
         row = {**base, **row}
         if row["status"] == "skipped":  # the area of interest misses the scene
             row["outputs"] = {}
@@ -592,6 +622,87 @@ def _base_row(job: SceneJob) -> dict[str, Any]:
     if job.item is not None:
         row["item"] = job.item
         row["datetime"] = job.stac.datetime if job.stac is not None else None
+    return row
+
+
+def _pixels(path: Path) -> int:
+    """Width x height of a scene (0 when it cannot be opened: its own task reports why)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            return int(ds.width) * int(ds.height)
+    except Exception:
+        return 0
+
+
+def _process_split(
+    client: Any,
+    job: SceneJob,
+    outputs: dict[str, str],
+    ckpt: str,
+    opts: PredictOptions,
+    retries: int,
+    gpus: float,
+    threads: int,
+) -> dict[str, Any]:
+    """One big scene cut into bands over the whole cluster, each band with ``threads`` torch threads
+    as the unsplit scenes' tasks; a manifest row fragment (never raises). A scene that ``--gsd``
+    resamples (which does not run in bands) runs as one ordinary task instead."""
+    from .inference import AreaMissesScene
+    from .inference.distributed import DistributedOptions, ResampleOnCluster, predict_scene_distributed
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"worker": "driver"}
+    try:
+        r = predict_scene_distributed(
+            job.scene,
+            ckpt,
+            outputs["vector"],
+            opts,
+            DistributedOptions(retries=retries, gpus_per_worker=gpus, threads=threads),
+            mask_out=outputs.get("mask"),
+            overwrite=True,  # the manifest, not the file system, says what is done
+            progress=False,
+            client=client,
+        )
+        row.update(
+            status="done",
+            error=None,
+            pixels=int(r.pixels),
+            polygons=int(r.polygons or 0),
+            warnings=list(r.warnings),
+            forward_s=round(r.forward_s, 3),
+            gsd=r.gsd,
+            split={"bands": r.bands, "halo_tiles": r.halo_tiles, "workers": sorted(set(r.band_workers or []))},
+        )
+    except ResampleOnCluster:
+        fut = client.submit(
+            process_scene,
+            job.scene,
+            outputs,
+            ckpt,
+            opts,
+            threads,
+            retries=retries,
+            pure=False,
+            resources={"GPU": gpus} if gpus else None,
+        )
+        try:
+            return dict(fut.result())
+        except Exception as e:  # the worker died more than `retries` times, or the task was lost
+            row.update(status="failed", error=f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
+            row.update(pixels=0, polygons=0)
+    except AreaMissesScene as e:
+        for path in outputs.values():
+            Path(path).unlink(missing_ok=True)
+        row.update(status="skipped", reason=OUTSIDE, error=None, detail=str(e), pixels=0, polygons=0)
+    except Exception as e:  # one bad scene never stops the rest
+        msg = " ".join(str(e).split()) or type(e).__name__
+        for path in outputs.values():
+            Path(path).unlink(missing_ok=True)
+        row.update(status="failed", error=f"{type(e).__name__}: {msg}"[:500], pixels=0, polygons=0)
+    row["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return row
 
 

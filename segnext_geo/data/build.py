@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..models.meta import IMAGENET_MEAN, IMAGENET_STD, ISAID_CLASSES, ISAID_PALETTE, default_palette
+from . import gsd as gsd_info
 from .dataset import SegSource
 from .section import DataSection
 
@@ -29,6 +30,8 @@ class DataBundle:
     std: tuple[float, ...]
     bands: tuple[int, ...]
     sources: dict[str, SegSource] = field(default_factory=dict)
+    gsd_m: float | None = None
+    gsd_note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +81,7 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
     classes: Sequence[str]
     palette: Sequence[Sequence[int]] | None = None
     eight_bit, n_bands = True, 3
+    gsd = gsd_info.SYNTHETIC_GSD
     if name == "isaid":
         from .isaid import ISAID
 
@@ -85,6 +89,7 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
         for role in roles:
             sources[role] = ISAID(root, _split_name(cfg, role))
         classes, palette = ISAID_CLASSES, ISAID_PALETTE
+        gsd = gsd_info.ISAID_GSD
     elif name == "synthetic":
         from .synthetic import SyntheticShapes
 
@@ -125,6 +130,8 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
                 label_glob=cfg.label_glob,
                 option_name=f"data.{role}_images",
             )
+        given = [(cfg.train_images if role == "train" else cfg.val_images) or [] for role in roles]
+        gsd = gsd_info.geotiff_gsd([f for g in given for f in gsd_info.image_files(g, cfg.image_glob)])
         first = next(iter(sources.values()), None)
         if isinstance(first, GeoTiffSource):
             eight_bit, n_bands = first.image_dtype == "uint8", first.band_count
@@ -139,6 +146,7 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
         first_tg = next(iter(tg_sources.values()), None)
         classes = first_tg.classes if first_tg else (spec.class_names or ())
         palette = first_tg.palette if first_tg else None
+        gsd = gsd_info.torchgeo_gsd(spec.cls_name)
 
     if cfg.class_names is not None and name != "geotiff":
         if len(cfg.class_names) != len(classes):
@@ -170,4 +178,6 @@ def build_data(cfg: DataSection, roles: Sequence[str] = ("train", "val")) -> Dat
         std=tuple(float(v) for v in std),
         bands=bands,
         sources=sources,
+        gsd_m=gsd.gsd_m,
+        gsd_note=gsd.note,
     )

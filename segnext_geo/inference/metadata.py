@@ -3,7 +3,8 @@
 Every raster ``predict`` writes carries, as GeoTIFF metadata tags, how it was made:
 ``model`` (checkpoint name or variant), ``model_sha256`` (of the weights), ``tile_size``,
 ``overlap``, ``blend`` (the window actually used), ``tta``, ``precision``, ``device``,
-``normalization``, ``bands`` and ``segnext_geo_version``; ``segnext_geo`` holds all of it as JSON.
+``normalization``, ``bands``, ``gsd`` (``"native"``, or the scene's and the model grid's GSD
+when ``--gsd`` resampled) and ``segnext_geo_version``; ``segnext_geo`` holds all of it as JSON.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from torch import nn
 
 from .. import __version__
 from ..models import ModelMeta
+from ..raster.gsd import GsdPlan
 from ..raster.source import SceneInfo
 from ..raster.writer import RasterSpec, class_colormap, json_tag
 from .stitcher import ProbsMode
 
-__all__ = ["model_digest", "model_name", "output_specs", "provenance_tags"]
+__all__ = ["model_digest", "model_name", "output_specs", "provenance_gsd", "provenance_tags"]
 
 
 def model_digest(model: nn.Module) -> str:
@@ -41,6 +43,14 @@ def model_name(model_or_checkpoint: object, meta: ModelMeta) -> str:
         s = str(model_or_checkpoint)
         return Path(s).name if "://" not in s else s
     return meta.variant
+
+
+def provenance_gsd(plan: GsdPlan) -> str | dict[str, float]:
+    """The ``gsd`` tag: ``"native"`` (the model saw the scene's own pixels), or ``{"scene_m", "model_m"}``
+    (the scene's GSD and the one it was resampled to); the same for every ``--gsd`` value that decides the same."""
+    if plan.target_m is None or plan.scene is None:
+        return "native"
+    return {"scene_m": round(plan.scene.mean, 6), "model_m": float(plan.target_m)}
 
 
 def provenance_tags(info: dict[str, Any]) -> dict[str, str]:

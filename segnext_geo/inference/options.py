@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, get_args
 
 from ..errors import UserError
 from ..raster.aoi import AreaOfInterest, parse_bbox, read_aoi
+from ..raster.gsd import GsdMode, parse_gsd
 from ..raster.normalize import NormalizationMethod
 from ..raster.source import parse_bands
 from ..vector.options import VectorOptions
@@ -133,6 +134,11 @@ class PredictOptions:
         aoi: area of interest: a vector file (any format GDAL reads, any CRS; its polygons are
             unioned). ``--aoi``.
         aoi_layer: the layer of ``aoi`` to read (needed when it has several). ``--aoi-layer``.
+        gsd: ``"auto"`` | ``"native"`` | a ground sample distance in metres (``"0.3"`` and
+            ``"0.3m"`` are accepted; stored as ``float``). ``auto`` resamples a scene to the model's
+            training GSD when that is known and differs by more than
+            :data:`~segnext_geo.raster.gsd.DEFAULT_TOLERANCE`; ``native`` never resamples; metres
+            force the GSD the model sees. ``--gsd``.
     """
 
     tile_size: int = 1024
@@ -157,6 +163,7 @@ class PredictOptions:
     bbox_crs: str = "EPSG:4326"
     aoi: str | None = None
     aoi_layer: str | None = None
+    gsd: GsdMode = "auto"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -205,6 +212,9 @@ class PredictOptions:
             raise TypeError(f"PredictOptions.vector must be a VectorOptions, not {type(self.vector).__name__}")
         if self.asset is not None and (not isinstance(self.asset, str) or not self.asset.strip()):
             raise UserError(f"--asset: {self.asset!r} is not an asset name")
+        if isinstance(self.gsd, bool) or not isinstance(self.gsd, str | int | float):
+            raise UserError(f"--gsd: {self.gsd!r} is not auto, native or a ground sample distance in metres")
+        put("gsd", parse_gsd(self.gsd))
         self._check_area(put)
 
     def _check_area(self, put: Any) -> None:
@@ -302,6 +312,7 @@ def estimate_peak(
     activation_bytes_per_px: float = DEFAULT_ACTIVATION_BYTES_PER_PX,
     model_bytes: int = 0,
     on_gpu: bool = False,
+    resampled: bool = False,
 ) -> Peak:
     """Estimated peak memory of a predict run; the README and ``--help`` state the same formula.
 
@@ -321,6 +332,12 @@ def estimate_peak(
 
     With ``on_gpu`` the forward, accumulator, hand-on and finish terms are GPU memory (``device``)
     and the host keeps the rest plus two pinned upload batches.
+
+    ``resampled`` (``--gsd`` resamples; every size above is then on the model grid): the writer
+    queue holds finished cores as int32 sums, and the back-mapping its assembled copy, so
+    ``(WRITER_QUEUE + 2) * 4 (K + 1) * E_h * E_w`` replace the queue term, plus the back-mapping's
+    and each reader thread's bounded chunks (:data:`~.backmap.CHUNK_BYTES` twice,
+    :data:`~.loader.READ_CHUNK_BYTES` per thread).
     """
     t2 = tile * tile
     n = 1 if per_image else batch
@@ -332,6 +349,11 @@ def estimate_peak(
     hand_on = 2 * 4 * (classes + 1) * overlap * (eh + ew)
     finish = area * (4 + 1 + 8 + probs_bands)
     queue = WRITER_QUEUE * area * (1 + probs_bands)
+    if resampled:
+        from .backmap import CHUNK_BYTES
+        from .loader import READ_CHUNK_BYTES
+
+        queue = (WRITER_QUEUE + 2) * 4 * (classes + 1) * area + 2 * CHUNK_BYTES + max(1, workers) * READ_CHUNK_BYTES
     reader = (batch + 2 * max(1, workers) + n) * bands * t2 * 4
     host = BASE_BYTES + model_bytes + queue + reader + GDAL_CACHE_BYTES
     device = forward + quant + accumulators + hand_on + finish
@@ -352,11 +374,13 @@ def plan_memory(
     variant: str | None = None,
     model_bytes: int = 0,
     gpu_bytes: int | None = None,
+    resampled: bool = False,
 ) -> MemoryPlan:
     """Pick the working set (and, only if needed, a smaller tile) for ``options.max_memory``.
 
     ``gpu_bytes``: the GPU's memory when the model runs on one; then the host estimate is held to
-    the budget and the device estimate to 85 % of the GPU.
+    the budget and the device estimate to 85 % of the GPU. ``resampled``: ``--gsd`` resamples
+    (``height``/``width`` are the model grid's; see :func:`estimate_peak`).
 
     The automatic working set starts at :func:`auto_working_set` (256 MiB of accumulators) and
     shrinks, one tile row at a time, until :func:`estimate_peak` fits the budget; if a single-tile
@@ -387,6 +411,7 @@ def plan_memory(
             activation_bytes_per_px=act,
             model_bytes=model_bytes,
             on_gpu=gpu_budget is not None,
+            resampled=resampled,
         )
         fits = est.host <= budget and (gpu_budget is None or est.device <= gpu_budget)
         return est.host, fits

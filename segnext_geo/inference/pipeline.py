@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rasterio.windows import Window
 
 from ..outputs import atomic_output
 from ..raster.aoi import SceneArea
+from ..raster.gsd import ResampleGrid
 from ..raster.normalize import Normalization
 from ..raster.source import SceneSource
 from ..raster.writer import RasterSpec, StreamedGeoTIFF
+from .backmap import BackMapper
 from .grid import Rect, TileGrid
 from .loader import TileData, TileLoader
 from .options import WRITER_QUEUE, PredictOptions
 from .runner import InferenceRunner
-from .stitcher import FinishedCore, PartialStore, Stitcher
+from .stitcher import FinishedCore, FinishedSums, PartialStore, Stitcher
 
 __all__ = ["CoreWriter", "Stages", "StreamCounts", "batches", "open_stages", "scratch_path", "stream"]
 
@@ -95,6 +98,21 @@ class CoreWriter:
         if self.probs is not None and probs is not None:
             self.probs.write(probs, window, valid)
 
+    def write_sums(self, core: FinishedSums, mapper: BackMapper) -> None:
+        """Queue a finished core's sums (``--gsd``): mapped back to the scene's grid, then written."""
+        self.submit(self._write_sums, core, mapper)
+
+    def _write_sums(self, core: FinishedSums, mapper: BackMapper) -> None:
+        for piece in mapper.map(core.supertile, core.numpy()):
+            window = piece.window
+            if self.frame is not None:  # the mapper writes inside the frame (its model grid covers it)
+                window = Window(
+                    window.col_off - self.frame.x0, window.row_off - self.frame.y0, window.width, window.height
+                )
+            self.classes.write(piece.classes[None], window)
+            if self.probs is not None and piece.probs is not None:
+                self.probs.write(piece.probs, window, piece.valid)
+
     def finish(self) -> None:
         """Wait for every queued job, then build the final COGs."""
         while self._pending:
@@ -111,13 +129,15 @@ class CoreWriter:
 
 @dataclass
 class Stages:
-    """The opened stages of one run (see the module docstring)."""
+    """The opened stages of one run (see the module docstring); ``backmap`` maps finished cores
+    back to the scene's grid when ``--gsd`` resamples (``None``: the model runs on the scene's grid)."""
 
     reader: TileLoader
     runner: InferenceRunner
     stitcher: Stitcher
     writer: CoreWriter
     partials: PartialStore
+    backmap: BackMapper | None = None
 
 
 @contextmanager
@@ -132,12 +152,18 @@ def open_stages(
     specs: tuple[RasterSpec, RasterSpec],
     overwrite: bool,
     area: SceneArea | None = None,
+    resample: ResampleGrid | None = None,
 ) -> Iterator[Stages]:
     """Open the outputs (temporary files renamed into place on success) and the four stages.
 
     With ``area`` (an area of interest on the scene), the outputs cover its window
     (``specs`` must be sized to it), only tiles touching it are read and run, and pixels
     outside it are nodata.
+
+    With ``resample`` (``--gsd``), ``grid`` is on its model grid: tiles are resampled on read
+    and finished cores are mapped back to the scene's grid by a :class:`~.backmap.BackMapper`
+    on the writer thread. With both, ``resample`` must be the model grid over the area's
+    window (every tile of it is run; the back-mapping masks the pixels outside the area).
 
     On any exception, Ctrl-C included, the reader threads stop, then the writer thread, then
     the spill folder and the scratch files go, then the temporary outputs: nothing is left.
@@ -162,11 +188,14 @@ def open_stages(
         with runner.ops.scope():
             probs_mode = options.probs_mode if probs_out else None
             stitcher = Stitcher(grid, int(runner.num_classes or 0), options.blend, runner.ops, probs_mode, partials)
+        backmap = None
+        if resample is not None:
+            backmap = BackMapper(resample, grid, int(runner.num_classes or 0), probs_mode, source, area=area)
         prefetch = options.batch_size + 2 * max(1, options.workers)
         reader = stack.enter_context(
-            TileLoader(source, norm, grid.tiles, options.workers, prefetch=prefetch, area=area)
+            TileLoader(source, norm, grid.tiles, options.workers, prefetch=prefetch, area=area, resample=resample)
         )
-        yield Stages(reader, runner, stitcher, writer, partials)
+        yield Stages(reader, runner, stitcher, writer, partials, backmap)
 
 
 def batches(reader: TileLoader, batch_size: int) -> Iterator[list[TileData]]:
@@ -206,6 +235,9 @@ def stream(
     current = -1
 
     def finish() -> None:
+        if stages.backmap is not None:
+            writer.write_sums(st.finish_sums(), stages.backmap)
+            return
         core = st.finish()
         counts.pixels += core.valid_pixels
         writer.write(core)
@@ -227,4 +259,6 @@ def stream(
         if current >= 0:
             finish()
     writer.finish()
+    if stages.backmap is not None:
+        counts.pixels = stages.backmap.valid_pixels
     return counts

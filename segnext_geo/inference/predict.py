@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..models import ModelMeta, load_model
 from ..outputs import check_outputs, sigterm_as_interrupt
 from ..raster.aoi import SceneArea, locate_aoi
+from ..raster.gsd import GsdPlan, ResampleGrid, plan_gsd, scene_gsd
 from ..raster.normalize import compute_normalization
 from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene
 from ..raster.stac import StacScene
@@ -38,7 +39,7 @@ from ..raster.writer import RasterSpec
 from .blend import effective_mode
 from .grid import Rect, TileGrid
 from .inputs import AreaMissesScene, resolve_input
-from .metadata import model_digest, model_name, output_specs, provenance_tags
+from .metadata import model_digest, model_name, output_specs, provenance_gsd, provenance_tags
 from .options import GDAL_CACHE_BYTES, RASTER_SUFFIXES, VECTOR_SUFFIXES, MemoryPlan, PredictOptions, plan_memory
 from .pipeline import open_stages, stream
 from .runner import InferenceRunner
@@ -60,7 +61,8 @@ class PredictResult:
     skipped because all their pixels are nodata; ``polygons``: features written (vector output);
     ``forward_s``: seconds inside model forwards (timed by the runner); ``plan``: the tile,
     working set and estimated peak memory used; ``runner``: how the model ran; ``window``: with an
-    area of interest, the scene window the outputs cover (``None``: the whole scene).
+    area of interest, the scene window the outputs cover (``None``: the whole scene); ``gsd``: what
+    ``--gsd`` decided and why (one line, also logged).
     """
 
     out: Path
@@ -76,6 +78,7 @@ class PredictResult:
     plan: MemoryPlan | None = None
     runner: dict[str, object] = field(default_factory=dict)
     window: Window | None = None
+    gsd: str = ""
 
 
 def predict_scene(
@@ -132,15 +135,19 @@ def predict_scene(
             area = locate_aoi(area_of_interest, info.crs, info.transform, info.width, info.height, src.name)
             if area.window is None:
                 raise AreaMissesScene(f"{area_of_interest.label}: does not overlap {src.name}")
-    plan, grid, notes = _plan(info, meta, runner, opts, paths, area)
+    gsd, resample, gsd_line, gsd_warns = _plan_gsd(info, meta, opts, area)
+    plan, grid, notes = _plan(info, meta, runner, opts, paths, area, resample)
+    if gsd_warns:
+        notes.append(gsd_line)
     forward_before = runner.forward_seconds()
     with _run_environment(paths.raster), src.environment(), SceneSource(info) as source:
         norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
         made = _provenance(model_or_checkpoint, meta, runner, grid, opts, norm.describe(), info.bands)
-        specs = _framed(output_specs(info, meta, made, opts.probs_mode), info, area, src.tags)
+        made["gsd"] = provenance_gsd(gsd)
+        specs = _framed(output_specs(info, meta, provenance_tags(made), opts.probs_mode), info, area, src.tags)
         with (
             open_stages(
-                source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite, area
+                source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite, area, resample
             ) as stages,
             _progress_bar(len(grid), src.label, progress) as bar,
         ):
@@ -164,6 +171,7 @@ def predict_scene(
         plan=plan,
         runner=runner.describe(),
         window=area.window if area is not None else None,
+        gsd=gsd_line,
     )
 
 
@@ -205,6 +213,31 @@ class _Paths:
         return self.out.suffix.lower() in VECTOR_SUFFIXES
 
 
+def _plan_gsd(
+    info: SceneInfo, meta: ModelMeta, opts: PredictOptions, area: SceneArea | None = None
+) -> tuple[GsdPlan, ResampleGrid | None, str, bool]:
+    """What ``--gsd`` decides for this scene and model: the plan, the model grid (``None``: the
+    scene's own grid), one line saying why (logged) and whether that line is a warning (a known
+    model GSD that ``auto`` cannot honour because the scene has no CRS).
+
+    The model grid covers the whole scene, or with an area of interest the area's window (its
+    corner is the model grid's origin; the scene's GSD is measured over the whole scene)."""
+    scene = scene_gsd(info.crs, info.transform, info.width, info.height)
+    gsd = plan_gsd(opts.gsd, meta.gsd_m, scene, info.path)
+    scene_m = f"{scene.mean:.4g} m" if scene is not None else "unknown"
+    model_m = f"{meta.gsd_m:.4g} m" if meta.gsd_m is not None else "unknown or varies"
+    line = f"--gsd {opts.gsd}: {gsd.reason} (scene GSD {scene_m}, model GSD {model_m})"
+    if gsd.target_m is None or gsd.scene is None:
+        warns = scene is None and meta.gsd_m is not None and opts.gsd == "auto"
+        log.log(logging.WARNING if warns else logging.INFO, line)
+        return gsd, None, line, warns
+    log.info(line)
+    region = Window(0, 0, info.width, info.height)
+    if area is not None and area.window is not None:
+        region = area.window
+    return gsd, ResampleGrid.create(region, gsd.scene, gsd.target_m), line, False
+
+
 def _plan(
     info: SceneInfo,
     meta: ModelMeta,
@@ -212,11 +245,13 @@ def _plan(
     opts: PredictOptions,
     paths: _Paths,
     area: SceneArea | None = None,
+    resample: ResampleGrid | None = None,
 ) -> tuple[MemoryPlan, TileGrid, list[str]]:
     """The memory plan, the tile grid and the run's notes (logged here); decides ``compile="auto"``.
 
     With an area of interest the grid is the whole scene's, cut to the tile rows and columns
-    over the area's window (:class:`~.grid.TileGrid` ``region``)."""
+    over the area's window (:class:`~.grid.TileGrid` ``region``). With ``resample`` the grid
+    covers its whole model grid (with an area, the model grid over the area's window)."""
     notes = list(info.notes)  # already logged by open_scene
     new: list[str] = []
     if info.crs is None and not info.gcps:
@@ -224,10 +259,11 @@ def _plan(
     if opts.tile != opts.tile_size:
         new.append(f"--tile-size: rounded {opts.tile_size} to {opts.tile} px (a multiple of 32)")
     probs_bands = 0 if paths.probs is None else (1 if opts.probs_mode == "confidence" else meta.num_classes)
+    height, width = resample.model_shape if resample is not None else (info.height, info.width)
     plan = plan_memory(
         opts,
-        info.height,
-        info.width,
+        height,
+        width,
         classes=meta.num_classes,
         bands=len(info.bands),
         probs_bands=probs_bands,
@@ -235,10 +271,15 @@ def _plan(
         variant=meta.variant if runner.segnext else None,
         model_bytes=runner.weight_bytes(),
         gpu_bytes=runner.ops.total_memory(),
+        resampled=resample is not None,
     )
     new += plan.notes
     for note in new:
         log.warning(note)
+    if resample is not None:
+        grid = TileGrid(height, width, plan.tile, plan.overlap, plan.working_set)
+        runner.plan(len(grid), (grid.th, grid.tw))
+        return plan, grid, notes + new
     region = None
     if area is not None and area.window is not None:
         w = area.window
@@ -257,10 +298,10 @@ def _provenance(
     opts: PredictOptions,
     normalization: dict[str, object],
     bands: tuple[int, ...],
-) -> dict[str, str]:
-    """The metadata tags that record how the outputs were made (:mod:`.metadata`)."""
+) -> dict[str, object]:
+    """What the metadata tags record about how the outputs were made (:mod:`.metadata`)."""
     how = runner.describe()
-    made = {
+    made: dict[str, object] = {
         "model": model_name(model_or_checkpoint, meta),
         "model_sha256": model_digest(runner.source_model),
         "tile_size": grid.tile_size,
@@ -270,7 +311,7 @@ def _provenance(
         "normalization": normalization,
         "bands": list(bands),
     }
-    return provenance_tags(made)
+    return made
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from .blend import BlendMode, axis_profiles
 from .device import DeviceOps, HostCopy
 from .grid import Rect, SuperTile, Tile, TileGrid
 
-__all__ = ["FIXED_POINT_BITS", "FinishedCore", "PartialStore", "ProbsMode", "Stitcher", "max_cover"]
+__all__ = ["FIXED_POINT_BITS", "FinishedCore", "FinishedSums", "PartialStore", "ProbsMode", "Stitcher", "max_cover"]
 
 ProbsMode = Literal["classes", "confidence"]
 NODATA = 255
@@ -86,6 +86,22 @@ class FinishedCore:
             probs = probs_t.numpy()
             probs[:, invalid] = 0
         return classes, probs, self.valid
+
+
+@dataclass
+class FinishedSums:
+    """A super-tile's finished core as fixed-point sums: ``copy`` holds ``(K + 1, h, w)`` int32
+    (``K`` planes of ``sum(weight * probability)`` and the weight sum, units of ``2**-27``) over
+    ``supertile.core``, landing in host memory."""
+
+    supertile: SuperTile
+    copy: HostCopy
+
+    def numpy(self) -> np.ndarray:
+        """Wait for the device-to-host copy; the sums as ``(K + 1, h, w)`` int32."""
+        (sums,) = self.copy.wait()
+        assert sums is not None
+        return sums.numpy()
 
 
 class PartialStore:
@@ -158,6 +174,8 @@ class Stitcher:
         ops: the device operations (accumulators live on ``ops.tensor_device``).
         probs_mode: also produce probabilities: ``classes`` (K bands) or ``confidence`` (1 band).
         partials: where partial sums wait for later super-tiles.
+        stop: hand partial sums on only to super-tiles before this index (default: all); a
+            horizontal band of the scene (:mod:`.bands`) stops at its last super-tile.
 
     Call :meth:`start` for each super-tile in order, :meth:`add` for each of its tiles in
     order, then :meth:`finish`.
@@ -171,8 +189,10 @@ class Stitcher:
         ops: DeviceOps,
         probs_mode: ProbsMode | None,
         partials: PartialStore,
+        stop: int | None = None,
     ) -> None:
         self.grid = grid
+        self.stop = len(grid.supertiles) if stop is None else int(stop)
         self.k = int(num_classes)
         self.ops = ops
         self.device = ops.tensor_device
@@ -259,6 +279,19 @@ class Stitcher:
         self.st = self.acc = self.valid = None
         return FinishedCore(c, copy, valid, int(valid.sum()))
 
+    def finish_sums(self) -> FinishedSums:
+        """Like :meth:`finish`, but hand the core's final int32 sums ``(K + 1, h, w)`` on as they are
+        (for ``--gsd``: they are mapped back to the scene's grid before the argmax)."""
+        assert self.st is not None and self.acc is not None and self.valid is not None
+        st, acc = self.st, self.acc
+        c = st.core
+        with self.ops.queue("blend"):
+            self._hand_on(st, acc)
+            # a copy first: the accumulator buffer is zeroed for the next super-tile
+            copy = self.ops.download([acc[:, : c.height, : c.width].clone()], "blend")
+        self.st = self.acc = self.valid = None
+        return FinishedSums(st, copy)
+
     def _probabilities(self, sums: Tensor, wsum: Tensor, best: Tensor) -> Tensor:
         """uint8 ``round(255 * sum / wsum)``: ``(K, h, w)`` (``classes``) or ``(1, h, w)`` (``confidence``)."""
         denom = wsum.clamp_min(1).double()
@@ -273,7 +306,7 @@ class Stitcher:
 
     def _hand_on(self, st: SuperTile, acc: Tensor) -> None:
         e = st.extent
-        for later in self.grid.supertiles[st.index + 1 :]:
+        for later in self.grid.supertiles[st.index + 1 : self.stop]:
             part = later.core.intersect(e)
             if part.empty:
                 continue

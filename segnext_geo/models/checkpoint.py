@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 META_KEY = "segnext_geo"
+#: The ModelMeta fields a checkpoint's metadata (or its catalogue entry) passes to the model.
+_META_FIELDS = ("class_names", "palette", "mean", "std", "bands", "extra", "gsd_m", "gsd_note")
 _DEPTHS: dict[tuple[int, ...], str] = {tuple(cfg.depths): name for name, cfg in MSCAN_CONFIGS.items()}
 
 
@@ -410,7 +412,7 @@ def load_model(
             options["nmf_rank"] = HEAD_CONFIGS[v].nmf_rank_mmseg
     if ck.head_conv_bias and ck.family != "mscan-imagenet":
         options.setdefault("head_conv_bias", True)
-    meta_fields = {key: meta[key] for key in ("class_names", "palette", "mean", "std", "bands", "extra") if key in meta}
+    meta_fields = {key: meta[key] for key in _META_FIELDS if key in meta}
     if "class_names" in meta_fields and len(meta_fields["class_names"]) != k:
         meta_fields.pop("class_names")
     if "palette" in meta_fields and len(meta_fields["palette"]) != k:
@@ -455,6 +457,8 @@ def describe_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
         "bands": list(model.meta.bands),
         "mean": list(model.meta.mean),
         "std": list(model.meta.std),
+        "gsd_m": model.meta.gsd_m,
+        "gsd_note": model.meta.gsd_note,
         "tensors": len(ck.state_dict),
         "weights": ck.weights.to_dict() if ck.weights is not None else None,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,8 +87,16 @@ class ModelMeta:
     nmf_rank: int = 16
     family: str = "segnext-geo"
     extra: dict[str, Any] = field(default_factory=dict)
+    gsd_m: float | None = None
+    gsd_note: str = ""
 
     def __post_init__(self) -> None:
+        if self.gsd_m is not None:
+            gsd = float(self.gsd_m)
+            if not math.isfinite(gsd) or gsd <= 0:
+                raise ValueError(f"gsd_m must be a positive number of metres or None, not {self.gsd_m!r}")
+            self.gsd_m = gsd
+        self.gsd_note = str(self.gsd_note or "")
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if not self.palette:

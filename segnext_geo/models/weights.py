@@ -138,6 +138,7 @@ class Weights:
             out["palette"] = [list(c) for c in self.palette]
         if self.nmf_rank:
             out["nmf_rank"] = self.nmf_rank
+        out["gsd_m"], out["gsd_note"] = self.gsd_m, self.gsd_note
         out["extra"] = {
             "weights": self.name,
             "dataset": self.dataset,
@@ -362,7 +363,7 @@ def _entries() -> list[Weights]:
                     licence=LICENCES["ImageNet-1k"] + _CODE_LICENCE["jittor" if jittor else "mmseg"],
                     publisher="the SegNeXt authors' Jittor port (JSeg)" if jittor else "mmsegmentation 1.x (OpenMMLab)",
                     imagery=_MSCAN_IMAGERY,
-                    gsd_note="ground-level photos (no GSD)",
+                    gsd_note="n/a: ImageNet-1k classification photos (no GSD)",
                     sha256_prefix=None if jittor else sha,
                     sha1_trailer=jittor,
                 )

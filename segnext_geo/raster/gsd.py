@@ -273,14 +273,16 @@ def _resample_axis(x: Tensor, dim: int, index: np.ndarray, weight: np.ndarray) -
     """Apply taps along ``dim`` of ``x``: ``out[..., i, ...] = sum_k weight[i, k] * x[..., index[i, k], ...]``."""
     idx = torch.from_numpy(index).to(x.device)
     w = torch.from_numpy(weight).to(device=x.device, dtype=x.dtype)
-    shape = [1] * x.dim()
-    shape[dim] = idx.shape[0]
+    # gather along the first axis of a contiguous copy: whole rows are copied at once (gathering
+    # along the last axis is element by element); the arithmetic is the same, element for element
+    front = x.movedim(dim, 0).contiguous()
+    shape = [idx.shape[0]] + [1] * (x.dim() - 1)
     out: Tensor | None = None
     for k in range(idx.shape[1]):
-        term = x.index_select(dim, idx[:, k]) * w[:, k].reshape(shape)
-        out = term if out is None else out + term
+        term = front.index_select(0, idx[:, k]).mul_(w[:, k].reshape(shape))
+        out = term if out is None else out.add_(term)
     assert out is not None
-    return out
+    return out.movedim(0, dim)
 
 
 @dataclass(frozen=True)

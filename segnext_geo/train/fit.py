@@ -141,6 +141,8 @@ def _build_model(cfg: Config, bundle: Any) -> Any:
         "mean": bundle.mean,
         "std": bundle.std,
         "bands": bundle.bands,
+        "gsd_m": bundle.gsd_m,
+        "gsd_note": bundle.gsd_note,
     }
     if cfg.model.drop_path_rate is not None:
         options["drop_path_rate"] = cfg.model.drop_path_rate
