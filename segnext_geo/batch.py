@@ -560,18 +560,7 @@ def _submit_all(
         outputs = job.outputs(out, fmt, mask)
         for p in outputs.values():
             Path(p).parent.mkdir(parents=True, exist_ok=True)
-        fut = client.submit(
-            process_scene,
-            job.scene,
-            outputs,
-            ckpt,
-            opts,
-            threads,
-            retries=retries,
-            pure=False,
-            resources={"GPU": gpus} if gpus else None,
-        )
-        futures[fut] = (job, outputs)
+        futures[_submit_scene(client, job, outputs, ckpt, opts, threads, retries, gpus)] = (job, outputs)
     bar = tqdm(total=len(todo), unit="scene", disable=not progress, desc="scenes")
     t0 = time.perf_counter()
 
@@ -636,6 +625,31 @@ def _pixels(path: Path) -> int:
         return 0
 
 
+def _submit_scene(
+    client: Any,
+    job: SceneJob,
+    outputs: dict[str, str],
+    ckpt: str,
+    opts: PredictOptions,
+    threads: int,
+    retries: int,
+    gpus: float,
+) -> Any:
+    """One scene as one Dask task (:func:`process_scene`), retried ``retries`` times, holding
+    ``gpus`` of a worker's ``GPU`` resource; the future."""
+    return client.submit(
+        process_scene,
+        job.scene,
+        outputs,
+        ckpt,
+        opts,
+        threads,
+        retries=retries,
+        pure=False,
+        resources={"GPU": gpus} if gpus else None,
+    )
+
+
 def _process_split(
     client: Any,
     job: SceneJob,
@@ -677,17 +691,7 @@ def _process_split(
             split={"bands": r.bands, "halo_tiles": r.halo_tiles, "workers": sorted(set(r.band_workers or []))},
         )
     except ResampleOnCluster:
-        fut = client.submit(
-            process_scene,
-            job.scene,
-            outputs,
-            ckpt,
-            opts,
-            threads,
-            retries=retries,
-            pure=False,
-            resources={"GPU": gpus} if gpus else None,
-        )
+        fut = _submit_scene(client, job, outputs, ckpt, opts, threads, retries, gpus)
         try:
             return dict(fut.result())
         except Exception as e:  # the worker died more than `retries` times, or the task was lost

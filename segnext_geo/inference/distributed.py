@@ -36,29 +36,20 @@ from rasterio.windows import Window
 
 from ..errors import UserError
 from ..outputs import atomic_output
-from ..raster.aoi import locate_aoi
-from ..raster.normalize import compute_normalization
-from ..raster.source import SceneSource, check_scene, open_scene
+from ..raster.source import SceneSource
 from ..raster.stac import StacScene
 from ..raster.writer import RasterSpec, StreamedGeoTIFF, gdal_env
 from .bands import BandJob, BandResult, band_rows, plan_bands, run_band
 from .grid import Rect
-from .inputs import AreaMissesScene, resolve_input
-from .metadata import output_specs, provenance_gsd, provenance_tags
 from .options import PredictOptions
 from .pipeline import scratch_path
 from .predict import (
     PredictResult,
-    _check_paths,
-    _framed,
     _plan,
-    _plan_gsd,
     _progress_bar,
-    _provenance,
-    _quiet_rasterio,
     _run_environment,
-    _runner,
     _vectorize,
+    open_run,
 )
 
 __all__ = [
@@ -193,21 +184,9 @@ def predict_scene_distributed(
     if not isinstance(checkpoint, str | Path):
         raise TypeError("predict_scene_distributed: pass a checkpoint (path, name or URL) that the workers load")
     ckpt = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
-    src = resolve_input(scene, opts.asset)
-    area_of_interest = opts.area()  # read the --aoi file before any work
-    paths = _check_paths(src.local, ckpt, out, probs_out, mask_out, opts, overwrite)
-    with _quiet_rasterio(), src.environment():
-        check_scene(src.path)
-        runner, meta = _runner(ckpt, None, opts)
-        bands_read = opts.bands if opts.bands is not None else src.bands
-        info = open_scene(src.path, bands_read, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
-        area = None
-        if area_of_interest is not None:
-            area = locate_aoi(area_of_interest, info.crs, info.transform, info.width, info.height, src.name)
-            if area.window is None:
-                raise AreaMissesScene(f"{area_of_interest.label}: does not overlap {src.name}")
-    gsd, resample, gsd_line, gsd_warns = _plan_gsd(info, meta, opts, area)
-    if resample is not None:
+    run = open_run(scene, ckpt, out, probs_out, mask_out, opts, overwrite)
+    src, paths, runner, meta, info, area = run.src, run.paths, run.runner, run.meta, run.info, run.area
+    if run.resample is not None:
         raise ResampleOnCluster(
             f"--scheduler/--cluster, --gsd {opts.gsd}: resampling {src.name} does not run on a cluster "
             "(use --gsd native, or run it in one process)"
@@ -217,8 +196,7 @@ def predict_scene_distributed(
         w = area.window
         frame = Rect(int(w.row_off), int(w.col_off), int(w.row_off + w.height), int(w.col_off + w.width))
     plan, full_grid, notes = _plan(info, meta, runner, opts, paths, area)
-    if gsd_warns:
-        notes.append(gsd_line)
+    notes += run.notes
     # the workers compile exactly when a single process would (compiled and eager differ in rounding)
     task_opts = opts.replace(compile="on" if runner.compiled else "off")
     with ExitStack() as stack:
@@ -245,10 +223,7 @@ def predict_scene_distributed(
         stack.enter_context(_run_environment(paths.raster))
         stack.enter_context(src.environment())
         source = stack.enter_context(SceneSource(info))
-        norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
-        made = _provenance(ckpt, meta, runner, full_grid, opts, norm.describe(), info.bands)
-        made["gsd"] = provenance_gsd(gsd)
-        specs = _framed(output_specs(info, meta, provenance_tags(made), opts.probs_mode), info, area, src.tags)
+        norm, specs = run.outputs(source, ckpt, full_grid, opts)
         first = BandJob(
             info=info,
             norm=norm,
@@ -272,10 +247,7 @@ def predict_scene_distributed(
         rows = [band_rows(b, frame) for b in bands]
         _assemble(results, rows, specs, paths.raster, paths.probs, paths.overwrite)
     pixels = sum(r.pixels for r in results)
-    if pixels == 0:
-        where = f"{src.name} inside {area.label}" if area is not None else src.name
-        notes.append(f"{where}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
-        log.warning(notes[-1])
+    run.note_if_empty(pixels, notes)
     polygons = _vectorize(paths, meta, opts, src.source, overwrite, progress)
     return DistributedResult(
         out=paths.out,
@@ -291,7 +263,7 @@ def predict_scene_distributed(
         plan=plan,
         runner=runner.describe(),
         window=area.window if area is not None else None,
-        gsd=gsd_line,
+        gsd=run.gsd_line,
         bands=len(bands),
         halo_tiles=halo,
         workers=workers,

@@ -32,13 +32,13 @@ from ..models import ModelMeta, load_model
 from ..outputs import check_outputs, sigterm_as_interrupt
 from ..raster.aoi import SceneArea, locate_aoi
 from ..raster.gsd import GsdPlan, ResampleGrid, plan_gsd, scene_gsd
-from ..raster.normalize import compute_normalization
+from ..raster.normalize import Normalization, compute_normalization
 from ..raster.source import SceneInfo, SceneSource, check_scene, open_scene
 from ..raster.stac import StacScene
 from ..raster.writer import RasterSpec
 from .blend import effective_mode
 from .grid import Rect, TileGrid
-from .inputs import AreaMissesScene, resolve_input
+from .inputs import AreaMissesScene, SceneInput, resolve_input
 from .metadata import model_digest, model_name, output_specs, provenance_gsd, provenance_tags
 from .options import GDAL_CACHE_BYTES, RASTER_SUFFIXES, VECTOR_SUFFIXES, MemoryPlan, PredictOptions, plan_memory
 from .pipeline import open_stages, stream
@@ -122,40 +122,31 @@ def predict_scene(
     """
     t0 = time.perf_counter()
     opts = options if options is not None else PredictOptions()
-    src = resolve_input(scene, opts.asset)
-    area_of_interest = opts.area()  # read the --aoi file before any work
-    paths = _check_paths(src.local, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite)
-    with _quiet_rasterio(), src.environment():
-        check_scene(src.path)
-        runner, meta = _runner(model_or_checkpoint, meta, opts)
-        bands = opts.bands if opts.bands is not None else src.bands
-        info = open_scene(src.path, bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
-        area = None
-        if area_of_interest is not None:
-            area = locate_aoi(area_of_interest, info.crs, info.transform, info.width, info.height, src.name)
-            if area.window is None:
-                raise AreaMissesScene(f"{area_of_interest.label}: does not overlap {src.name}")
-    gsd, resample, gsd_line, gsd_warns = _plan_gsd(info, meta, opts, area)
-    plan, grid, notes = _plan(info, meta, runner, opts, paths, area, resample)
-    if gsd_warns:
-        notes.append(gsd_line)
+    run = open_run(scene, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite, meta)
+    src, paths, runner, meta, info, area = run.src, run.paths, run.runner, run.meta, run.info, run.area
+    plan, grid, notes = _plan(info, meta, runner, opts, paths, area, run.resample)
+    notes += run.notes
     forward_before = runner.forward_seconds()
     with _run_environment(paths.raster), src.environment(), SceneSource(info) as source:
-        norm = compute_normalization(source, meta.mean, meta.std, opts.normalization)
-        made = _provenance(model_or_checkpoint, meta, runner, grid, opts, norm.describe(), info.bands)
-        made["gsd"] = provenance_gsd(gsd)
-        specs = _framed(output_specs(info, meta, provenance_tags(made), opts.probs_mode), info, area, src.tags)
+        norm, specs = run.outputs(source, model_or_checkpoint, grid, opts)
         with (
             open_stages(
-                source, norm, grid, runner, opts, paths.raster, paths.probs, specs, paths.overwrite, area, resample
+                source,
+                norm,
+                grid,
+                runner,
+                opts,
+                paths.raster,
+                paths.probs,
+                specs,
+                paths.overwrite,
+                area,
+                run.resample,
             ) as stages,
             _progress_bar(len(grid), src.label, progress) as bar,
         ):
             counts = stream(stages, grid, opts.batch_size, bar.update)
-    if counts.pixels == 0:
-        where = f"{src.name} inside {area.label}" if area is not None else src.name
-        notes.append(f"{where}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
-        log.warning(notes[-1])
+    run.note_if_empty(counts.pixels, notes)
     polygons = _vectorize(paths, meta, opts, src.source, overwrite, progress)
     return PredictResult(
         out=paths.out,
@@ -171,8 +162,81 @@ def predict_scene(
         plan=plan,
         runner=runner.describe(),
         window=area.window if area is not None else None,
-        gsd=gsd_line,
+        gsd=run.gsd_line,
     )
+
+
+@dataclass
+class OpenedRun:
+    """What a predict run knows before any tile runs: the resolved input, checked output paths,
+    the runner and model metadata, the opened scene, the area of interest on it, and what
+    ``--gsd`` decided (the plan, the model grid or ``None``, its one-line reason). Shared by
+    :func:`predict_scene` and the distributed driver, so both open a scene exactly alike.
+    """
+
+    src: SceneInput
+    paths: _Paths
+    runner: InferenceRunner
+    meta: ModelMeta
+    info: SceneInfo
+    area: SceneArea | None
+    gsd: GsdPlan
+    resample: ResampleGrid | None
+    gsd_line: str
+    notes: list[str]
+
+    def outputs(
+        self, source: SceneSource, model: ModelInput, grid: TileGrid, opts: PredictOptions
+    ) -> tuple[Normalization, tuple[RasterSpec, RasterSpec]]:
+        """The scene-wide normalisation and the output specs: the provenance tags, cut to the
+        area's window, with the STAC Item's tags."""
+        norm = compute_normalization(source, self.meta.mean, self.meta.std, opts.normalization)
+        made = _provenance(model, self.meta, self.runner, grid, opts, norm.describe(), self.info.bands)
+        made["gsd"] = provenance_gsd(self.gsd)
+        specs = output_specs(self.info, self.meta, provenance_tags(made), opts.probs_mode)
+        return norm, _framed(specs, self.info, self.area, self.src.tags)
+
+    def note_if_empty(self, pixels: int, notes: list[str]) -> None:
+        """Add (and log) the all-nodata note when no pixel was valid."""
+        if pixels == 0:
+            where = f"{self.src.name} inside {self.area.label}" if self.area is not None else self.src.name
+            notes.append(f"{where}: no valid pixels (every pixel is nodata); wrote an all-nodata output")
+            log.warning(notes[-1])
+
+
+def open_run(
+    scene: str | Path | StacScene,
+    model_or_checkpoint: ModelInput,
+    out: str | Path,
+    probs_out: str | Path | None,
+    mask_out: str | Path | None,
+    opts: PredictOptions,
+    overwrite: bool,
+    meta: ModelMeta | None = None,
+) -> OpenedRun:
+    """Resolve the input, check the outputs, build the runner, open the scene, place the area of
+    interest and decide ``--gsd``: everything before the tile grid.
+
+    Raises:
+        UserError: bad input, option or output path (one line naming it).
+        AreaMissesScene: the area of interest does not overlap the scene.
+    """
+    src = resolve_input(scene, opts.asset)
+    area_of_interest = opts.area()  # read the --aoi file before any work
+    paths = _check_paths(src.local, model_or_checkpoint, out, probs_out, mask_out, opts, overwrite)
+    with _quiet_rasterio(), src.environment():
+        check_scene(src.path)
+        runner, meta = _runner(model_or_checkpoint, meta, opts)
+        bands = opts.bands if opts.bands is not None else src.bands
+        info = open_scene(src.path, bands, meta.bands, needed=len(meta.bands), nodata=opts.nodata)
+        area = None
+        if area_of_interest is not None:
+            area = locate_aoi(area_of_interest, info.crs, info.transform, info.width, info.height, src.name)
+            if area.window is None:
+                raise AreaMissesScene(f"{area_of_interest.label}: does not overlap {src.name}")
+    gsd, resample, gsd_line, gsd_warns = _plan_gsd(info, meta, opts, area)
+    notes = [gsd_line] if gsd_warns else []
+    return OpenedRun(src, paths, runner, meta, info, area, gsd, resample, gsd_line, notes)
 
 
 def _framed(
