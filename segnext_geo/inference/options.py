@@ -9,7 +9,6 @@ This module also holds the output suffix tables and the memory model that picks 
 from __future__ import annotations
 
 import math
-import operator
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, get_args
@@ -19,6 +18,7 @@ from ..raster.aoi import AreaOfInterest, parse_bbox, read_aoi
 from ..raster.gsd import GsdMode, parse_gsd
 from ..raster.normalize import NormalizationMethod
 from ..raster.source import parse_bands
+from ..validate import as_bool, as_choice, as_int
 from ..vector.options import VectorOptions
 from .blend import BlendMode
 from .grid import MIN_TILE, TileGrid, round_tile_size
@@ -49,27 +49,6 @@ ACCUMULATOR_BYTES = 256 * 2**20
 DEFAULT_MEMORY_BUDGET = 3 * 2**30
 #: Smallest tile the memory plan shrinks to.
 MIN_PLAN_TILE = 256
-
-
-def _int(value: Any, flag: str, what: str) -> int:
-    if isinstance(value, bool):
-        raise UserError(f"{flag}: {value!r} is not {what}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise UserError(f"{flag}: {value!r} is not {what}") from None
-
-
-def _choice(value: Any, allowed: tuple[str, ...], flag: str) -> str:
-    if value not in allowed:
-        raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
-    return str(value)
-
-
-def _bool(value: Any, flag: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{flag}: expected true or false, got {value!r}")
-    return value
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -169,15 +148,15 @@ class PredictOptions:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        tile = _int(self.tile_size, "--tile-size", "a number of pixels")
+        tile = as_int(self.tile_size, "--tile-size", "a number of pixels")
         if tile < MIN_TILE:
             raise UserError(f"--tile-size: {tile} px is too small; use at least {MIN_TILE} px")
         put("tile_size", tile)
-        overlap = _int(self.overlap, "--overlap", "a number of pixels")
+        overlap = as_int(self.overlap, "--overlap", "a number of pixels")
         if not 0 <= overlap <= self.tile // 2:
             raise UserError(f"--overlap: must be between 0 and half the tile size ({self.tile // 2} px), got {overlap}")
         put("overlap", overlap)
-        batch = _int(self.batch_size, "--batch-size", "a number of tiles")
+        batch = as_int(self.batch_size, "--batch-size", "a number of tiles")
         if batch < 1:
             raise UserError(f"--batch-size: must be at least 1, got {batch}")
         put("batch_size", batch)
@@ -191,20 +170,20 @@ class PredictOptions:
                 put("nodata", float(self.nodata))
             except (TypeError, ValueError):
                 raise UserError(f"--nodata: {self.nodata!r} is not a number") from None
-        put("blend", _choice(self.blend, get_args(BlendMode), "--blend"))
-        put("tta", _choice(self.tta, get_args(TTAMode), "--tta"))
+        put("blend", as_choice(self.blend, get_args(BlendMode), "--blend"))
+        put("tta", as_choice(self.tta, get_args(TTAMode), "--tta"))
         if self.working_set is not None:
-            ws = _int(self.working_set, "--working-set", "a number of pixels")
+            ws = as_int(self.working_set, "--working-set", "a number of pixels")
             if ws < MIN_TILE:
                 raise UserError(f"--working-set: must be at least {MIN_TILE} px, got {ws}")
             put("working_set", ws)
         put("max_memory", parse_size(self.max_memory))
-        put("precision", _choice(self.precision, get_args(Precision), "--precision"))
-        put("compile", _choice(self.compile, get_args(CompileMode), "--compile"))
-        put("deterministic", _bool(self.deterministic, "--deterministic"))
-        put("normalization", _choice(self.normalization, get_args(NormalizationMethod), "--normalization"))
-        put("probs_mode", _choice(self.probs_mode, get_args(ProbsMode), "--probs-mode"))
-        workers = _int(self.workers, "--workers", "a number of threads")
+        put("precision", as_choice(self.precision, get_args(Precision), "--precision"))
+        put("compile", as_choice(self.compile, get_args(CompileMode), "--compile"))
+        put("deterministic", as_bool(self.deterministic, "--deterministic"))
+        put("normalization", as_choice(self.normalization, get_args(NormalizationMethod), "--normalization"))
+        put("probs_mode", as_choice(self.probs_mode, get_args(ProbsMode), "--probs-mode"))
+        workers = as_int(self.workers, "--workers", "a number of threads")
         if workers < 0:
             raise UserError(f"--workers: must be 0 or more, got {workers}")
         put("workers", workers)

@@ -11,12 +11,12 @@ Every error names the command-line flag (``--min-area: ...``), never the field.
 from __future__ import annotations
 
 import math
-import operator
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..validate import as_bool, as_int, as_number
 
 __all__ = ["VectorOptions", "parse_tolerance"]
 
@@ -49,30 +49,6 @@ def parse_tolerance(value: str | float | None, option: str = "--simplify") -> tu
     if number == 0:
         return None
     return number, unit
-
-
-def _int(value: Any, option: str, what: str) -> int:
-    if isinstance(value, bool):
-        raise UserError(f"{option}: {value!r} is not {what}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise UserError(f"{option}: {value!r} is not {what}") from None
-
-
-def _number(value: Any, option: str, what: str) -> float:
-    if isinstance(value, bool) or value is None:
-        raise UserError(f"{option}: {value!r} is not {what}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{option}: {value!r} is not {what}") from None
-
-
-def _bool(value: Any, option: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{option}: expected true or false, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -120,36 +96,36 @@ class VectorOptions:
         if self.classes is not None:
             if isinstance(self.classes, str | bytes) or not hasattr(self.classes, "__iter__"):
                 raise UserError(f"--classes: {self.classes!r} is not a list of class ids like 1,3")
-            ids = tuple(_int(c, "--classes", "a class id (an integer)") for c in self.classes)
+            ids = tuple(as_int(c, "--classes", "a class id (an integer)") for c in self.classes)
             if not ids:
                 raise UserError("--classes: no class ids given")
             put("classes", ids)
-        put("keep_background", _bool(self.keep_background, "--keep-background"))
+        put("keep_background", as_bool(self.keep_background, "--keep-background"))
         for name, flag in (("min_area", "--min-area"), ("fill_holes_below", "--fill-holes-below")):
             v = getattr(self, name)
             if v is None:
                 continue
-            x = _number(v, flag, "an area in m²")
+            x = as_number(v, flag, "an area in m²")
             if not math.isfinite(x) or x < 0:
                 raise UserError(f"{flag}: must be 0 (off) or a positive area in m², got {v!r}")
             put(name, x)
         parse_tolerance(self.simplify)
-        conn = _int(self.connectivity, "--connectivity", "4 or 8")
+        conn = as_int(self.connectivity, "--connectivity", "4 or 8")
         if conn not in (4, 8):
             raise UserError(f"--connectivity: must be 4 or 8, got {self.connectivity!r}")
         put("connectivity", conn)
-        block = _int(self.block_size, "--block-size", "a number of pixels")
+        block = as_int(self.block_size, "--block-size", "a number of pixels")
         if block < 1:
             raise UserError(f"--block-size: must be a positive number of pixels, got {self.block_size!r}")
         put("block_size", block)
-        workers = _int(self.workers, "--workers", "a number of processes")
+        workers = as_int(self.workers, "--workers", "a number of processes")
         if workers < 1:
             raise UserError(f"--workers: must be at least 1, got {self.workers!r}")
         put("workers", workers)
-        put("to_wgs84", _bool(self.to_wgs84, "--to-wgs84"))
+        put("to_wgs84", as_bool(self.to_wgs84, "--to-wgs84"))
         if self.nodata is not None and not (isinstance(self.nodata, int) and not isinstance(self.nodata, bool)):
-            put("nodata", _number(self.nodata, "--nodata", "a number"))  # ints stay exact (int64 class ids)
-        put("force_classes", _bool(self.force_classes, "--force-classes"))
+            put("nodata", as_number(self.nodata, "--nodata", "a number"))  # ints stay exact (int64 class ids)
+        put("force_classes", as_bool(self.force_classes, "--force-classes"))
 
     @property
     def tolerance(self) -> tuple[float, str] | None:
