@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,7 @@ def _predict(scene: object, model: object, out: object, **kw: object) -> Predict
     return predict_scene(scene, model, out, PredictOptions(**kw), **call)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: the reader threads get the other core, and a shared, busy 2-core machine
-    does not stall OpenMP barriers (which made these tests 10-50x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ stream, blending on a second stream, downloads on a third, the writer thread wai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,7 @@ from segnext_geo.models import build_model
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 def _ops(sim: SimCuda, index: int) -> CudaOps:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,7 @@ from segnext_geo.errors import UserError
 from segnext_geo.inference import PredictOptions, TileGrid, estimate_peak, plan_memory, predict_scene
 from segnext_geo.inference.options import ACTIVATION_BYTES_PER_PX
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 def _md5(p: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ from segnext_geo.inference.kernels import KernelFusedBlock, fuse_cpu_kernels, on
 from segnext_geo.models import build_model
 from segnext_geo.models.fuse import fuse_for_inference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ anywhere but the scene's would change the values inside the area.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -33,12 +32,7 @@ H, W = 200, 262
 GRID = {"tile_size": 64, "overlap": 16, "working_set": 150, "device": "cpu", "workers": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 @pytest.fixture(scope="module")

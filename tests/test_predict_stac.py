@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,7 @@ COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 GRID = {"tile_size": 64, "overlap": 16, "device": "cpu", "workers": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-scoped, in conftest.py
 
 
 @pytest.fixture(scope="module")
