@@ -30,11 +30,14 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .inference.options import PredictOptions
 from .raster.stac import StacScene, load_items, scene_from_item
+
+if TYPE_CHECKING:
+    from .inference.predict import PredictResult
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -320,14 +323,8 @@ def process_scene(
             progress=False,
         )
         row.update(
-            status="done",
-            error=None,
-            pixels=int(result.pixels),
-            polygons=int(result.polygons or 0),
-            warnings=list(result.warnings),
-            gsd=result.gsd,
+            _done(result),
             load_s=round(t_load - t0, 3),
-            forward_s=round(result.forward_s, 3),
         )
     except AreaMissesScene as e:
         for path in outputs.values():
@@ -625,6 +622,20 @@ def _pixels(path: Path) -> int:
         return 0
 
 
+def _done(result: PredictResult) -> dict[str, Any]:
+    """The manifest fields of a finished scene, from what :func:`predict_scene` (or its
+    distributed twin) returned."""
+    return {
+        "status": "done",
+        "error": None,
+        "pixels": int(result.pixels),
+        "polygons": int(result.polygons or 0),
+        "warnings": list(result.warnings),
+        "gsd": result.gsd,
+        "forward_s": round(result.forward_s, 3),
+    }
+
+
 def _submit_scene(
     client: Any,
     job: SceneJob,
@@ -681,13 +692,7 @@ def _process_split(
             client=client,
         )
         row.update(
-            status="done",
-            error=None,
-            pixels=int(r.pixels),
-            polygons=int(r.polygons or 0),
-            warnings=list(r.warnings),
-            forward_s=round(r.forward_s, 3),
-            gsd=r.gsd,
+            _done(r),
             split={"bands": r.bands, "halo_tiles": r.halo_tiles, "workers": sorted(set(r.band_workers or []))},
         )
     except ResampleOnCluster:
